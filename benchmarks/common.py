@@ -1,0 +1,155 @@
+"""Shared benchmark plumbing: side-by-side interleaved timing, peak memory, tables and JSON results.
+
+Timings are ratios of candidates measured in one process, interleaved (A B A B ...) after warm-up,
+so machine noise hits every candidate alike. Absolute seconds are reported but never compared
+across runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a result was measured: machine, library versions and threads."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def interleaved_timings(
+    candidates: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2
+) -> dict[str, dict[str, float]]:
+    """Time each candidate `repeats` times, interleaved A B A B ..., after `warmup` rounds.
+
+    Returns per candidate the median, min, max and interquartile spread in seconds.
+    """
+    names = list(candidates)
+    for _ in range(warmup):
+        for name in names:
+            candidates[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            _sync()
+            start = time.perf_counter()
+            candidates[name]()
+            _sync()
+            samples[name].append(time.perf_counter() - start)
+    return {name: summarize(values) for name, values in samples.items()}
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """Median and spread of repeated measurements."""
+    ordered = sorted(values)
+    quartiles = statistics.quantiles(ordered, n=4) if len(ordered) >= 2 else [ordered[0]] * 3
+    return {
+        "median": statistics.median(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "iqr": quartiles[2] - quartiles[0],
+        "repeats": len(ordered),
+    }
+
+
+def peak_memory_bytes(fn: Callable[[], Any]) -> int:
+    """Peak memory of one call: CUDA allocator peak on GPU, else torch CPU allocations seen by the profiler."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated())
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Walk allocation events in order to find the peak of live bytes.
+    events = sorted(
+        (e for e in prof.events() if getattr(e, "cpu_memory_usage", 0) != 0),
+        key=lambda e: e.time_range.start,
+    )
+    live = peak = 0
+    for event in events:
+        live += event.cpu_memory_usage
+        peak = max(peak, live)
+    return int(peak)
+
+
+def process_peak_rss_bytes() -> int:
+    """High-water resident set size of this process (coarse; for absolute context only)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def python_peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak Python-heap bytes of one call (tracemalloc), for pure-Python work."""
+    tracemalloc.start()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return int(peak)
+
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A plain-text table of rows (dicts), columns in the given order."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    body = [[cell(row.get(col, "")) for col in columns] for row in rows]
+    widths = [max(len(col), *(len(line[i]) for line in body)) for i, col in enumerate(columns)]
+    header = "  ".join(col.ljust(w) for col, w in zip(columns, widths))
+    rule = "  ".join("-" * w for w in widths)
+    lines = ["  ".join(value.ljust(w) for value, w in zip(line, widths)) for line in body]
+    return "\n".join([header, rule, *lines])
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    """Write benchmarks/results/<name>.json with the machine info attached; returns the path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    record = {"benchmark": name, "machine": machine_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **payload}
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return path
+
+
+def report(name: str, title: str, rows: list[dict[str, Any]], columns: Sequence[str] | None = None,
+           **extra: Any) -> dict[str, Any]:
+    """Print a titled table and write the JSON result; returns the payload."""
+    print(f"\n== {title} ==")
+    print(format_table(rows, columns))
+    payload = {"title": title, "rows": rows, **extra}
+    path = write_result(name, payload)
+    print(f"(written {path.relative_to(RESULTS_DIR.parent.parent)})")
+    return payload
