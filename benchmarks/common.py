@@ -90,14 +90,16 @@ def peak_memory_bytes(fn: Callable[[], Any]) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    # Walk allocation events in order to find the peak of live bytes.
+    # Walk allocations (each op's SELF bytes, so a parent and its child are not counted twice) and
+    # frees (the profiler's "[memory]" events, negative) in time order; the peak of the running sum
+    # is the peak of bytes allocated during the call.
     events = sorted(
-        (e for e in prof.events() if getattr(e, "cpu_memory_usage", 0) != 0),
+        (e for e in prof.events() if e.self_cpu_memory_usage != 0),
         key=lambda e: e.time_range.start,
     )
     live = peak = 0
     for event in events:
-        live += event.cpu_memory_usage
+        live += event.self_cpu_memory_usage
         peak = max(peak, live)
     return int(peak)
 
@@ -139,13 +141,19 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     """Write benchmarks/results/<name>.json with the machine info attached; returns the path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    record = {"benchmark": name, "machine": machine_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **payload}
+    record = {
+        "benchmark": name,
+        "machine": machine_info(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **payload,
+    }
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return path
 
 
-def report(name: str, title: str, rows: list[dict[str, Any]], columns: Sequence[str] | None = None,
-           **extra: Any) -> dict[str, Any]:
+def report(
+    name: str, title: str, rows: list[dict[str, Any]], columns: Sequence[str] | None = None, **extra: Any
+) -> dict[str, Any]:
     """Print a titled table and write the JSON result; returns the payload."""
     print(f"\n== {title} ==")
     print(format_table(rows, columns))

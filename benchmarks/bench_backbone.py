@@ -1,0 +1,94 @@
+"""Our DiT against diffusers' DiTTransformer2DModel holding the same converted weights.
+
+Tiny and S/2 at 32x32x4, batch 8: forward and forward+backward, interleaved timings (time ratio
+ours / diffusers, target <= 1.0) and peak memory, after checking both give the same output to 1e-5.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.common import interleaved_timings, peak_memory_bytes, report
+from models.dit import DiT, dit_config
+from zoo.convert import diffusers_config_from_dit, dit_to_diffusers
+
+BATCH = 8
+
+
+def _pair(size: str, device: torch.device):
+    """Our DiT with random (non-zero) weights and a diffusers twin loaded from its converted state dict."""
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    config = dit_config(size, 2, timestep_freq_shift=1.0)  # diffusers' timestep spacing, for exact parity
+    ours = DiT(**config)
+    with torch.no_grad():
+        for name, param in ours.named_parameters():
+            if name != "pos_embed":
+                param.normal_(0.0, 0.02)
+    theirs = DiTTransformer2DModel(**diffusers_config_from_dit(ours.config))
+    theirs.load_state_dict(dit_to_diffusers(ours.state_dict()), strict=True)
+    return ours.to(device).eval(), theirs.to(device).eval()
+
+
+def _forward(net, unwrap, inputs):
+    def call():
+        with torch.no_grad():
+            unwrap(net(*inputs))
+
+    return call
+
+
+def _train_step(net, unwrap, inputs):
+    def call():
+        net.zero_grad(set_to_none=True)
+        unwrap(net(*inputs)).square().mean().backward()
+
+    return call
+
+
+def run(quick: bool = False) -> dict:
+    """Time ours vs diffusers for DiT-T/2 and DiT-S/2; print the table and save JSON."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    repeats = 3 if quick else 10
+    rows = []
+    for size in ("T", "S"):
+        ours, theirs = _pair(size, device)
+        generator = torch.Generator().manual_seed(1)
+        x = torch.randn(BATCH, 4, 32, 32, generator=generator).to(device)
+        t = torch.randint(0, 1000, (BATCH,), generator=generator).to(device)
+        y = torch.randint(0, 1000, (BATCH,), generator=generator).to(device)
+        with torch.no_grad():
+            max_diff = (ours(x, t, y) - theirs(x, t, y).sample).abs().max().item()
+        if max_diff > 1e-5:
+            raise AssertionError(f"DiT-{size}/2 outputs differ from diffusers by {max_diff:.2e} (> 1e-5)")
+
+        ours_out, theirs_out = (lambda out: out), (lambda out: out.sample)
+        inputs = (x, t, y)
+        for mode, make in (("forward", _forward), ("forward+backward", _train_step)):
+            candidates = {"ours": make(ours, ours_out, inputs), "diffusers": make(theirs, theirs_out, inputs)}
+            timings = interleaved_timings(candidates, repeats=repeats, warmup=1 if quick else 2)
+            memory = {name: peak_memory_bytes(fn) for name, fn in candidates.items()}
+            rows.append(
+                {
+                    "model": f"DiT-{size}/2",
+                    "mode": mode,
+                    "ours_ms": 1e3 * timings["ours"]["median"],
+                    "diffusers_ms": 1e3 * timings["diffusers"]["median"],
+                    "time_ratio": timings["ours"]["median"] / timings["diffusers"]["median"],
+                    "ours_peak_MiB": memory["ours"] / 2**20,
+                    "diffusers_peak_MiB": memory["diffusers"] / 2**20,
+                    "max_abs_diff": max_diff,
+                }
+            )
+    return report(
+        "backbone",
+        f"DiT vs diffusers DiTTransformer2DModel, batch {BATCH}, 32x32x4, {device.type} (ratio < 1: ours faster)",
+        rows,
+        device=str(device),
+        repeats=repeats,
+    )
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,150 @@
+"""The balancer protocol: K cluster losses in, parameter gradients out.
+
+Every balancer turns the cluster losses into one update ``sum_k c_k * grad L_k`` with coefficients
+``c_k`` it chooses, writes it into ``.grad`` (accumulating, as ``loss.backward()`` does) and leaves
+the optimiser step to the caller.
+
+Conventions shared by every method:
+
+* AMP: with ``scaler`` (a ``torch.amp.GradScaler``) the loss is scaled before every backward and
+  ``.grad`` is written in the SCALED domain, exactly like ``scaler.scale(loss).backward()``; the
+  caller then calls ``scaler.step(optimizer)`` (and ``scaler.unscale_`` first if it clips on its
+  own). Quantities the balancer derives from gradients (Gram matrices, norms) are unscaled first.
+* Multi-process: when ``torch.distributed`` is initialised with more than one process, the balancer
+  averages the gradients it writes over the default group itself, so the network must NOT be
+  wrapped in DistributedDataParallel (or its backward must run under ``no_sync()``). Each process
+  must hold the same number of samples of every cluster (stratified timestep sampling does this);
+  then the mean of the local cluster losses is the union-batch cluster loss and every method below
+  computes the weights of the union batch.
+* Clipping (``max_grad_norm``): applied to the total norm of the params' ``.grad`` after the
+  balancer has written it (in the scaled domain the threshold is multiplied by the scale).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+def world_size() -> int:
+    """Number of processes of the default group (1 when torch.distributed is not initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def all_reduce_mean_(tensor: Tensor) -> Tensor:
+    """Average ``tensor`` in place over all processes; the identity in a single process."""
+    processes = world_size()
+    if processes > 1:
+        dist.all_reduce(tensor)
+        tensor.div_(processes)
+    return tensor
+
+
+def loss_scale(scaler: Any | None) -> float:
+    """The GradScaler's current scale (1.0 without a scaler or when it is disabled)."""
+    if scaler is None or not scaler.is_enabled():
+        return 1.0
+    return float(scaler.get_scale())
+
+
+def scaled(loss: Tensor, scaler: Any | None) -> Tensor:
+    """``scaler.scale(loss)`` when a scaler is in use, else ``loss``."""
+    if scaler is None or not scaler.is_enabled():
+        return loss
+    return scaler.scale(loss)
+
+
+def add_to_grads(params: list[Tensor], grads: Iterable[Tensor]) -> None:
+    """Accumulate ``grads`` into ``.grad`` like autograd does (assign when ``.grad`` is None)."""
+    for param, grad in zip(params, grads):
+        grad = grad.reshape(param.shape).to(param.dtype)
+        if param.grad is None:
+            param.grad = grad.clone()
+        else:
+            param.grad.add_(grad)
+
+
+class Balancer(nn.Module):
+    """Base class: turns cluster losses (K,) into ``.grad``; see the module docstring for AMP/DDP rules."""
+
+    name: str = ""
+    needs_after_step: bool = False
+
+    def __init__(self, k: int, max_grad_norm: float | None = None) -> None:
+        super().__init__()
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int (the number of clusters), got {k!r}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
+        self.k = k
+        self.max_grad_norm = max_grad_norm
+
+    # ---- protocol -------------------------------------------------------------------------------
+    def capture(self, net: nn.Module, sample_cluster: Tensor) -> contextlib.AbstractContextManager:
+        """Context around the forward pass; a no-op unless the method needs per-cluster gradients."""
+        return contextlib.nullcontext()
+
+    def backward(self, cluster_losses: Tensor, params: Iterable[Tensor], scaler: Any | None = None) -> dict:
+        """Write the balanced update into ``params``' ``.grad``; returns what to log."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict]:
+        """Extra optimiser parameter groups holding the balancer's learnable state (none by default)."""
+        return []
+
+    def after_step(self, reevaluated_cluster_losses: Tensor) -> dict:
+        """Called after the optimiser step by methods with ``needs_after_step``."""
+        raise RuntimeError(f"balancer {self.name!r} has no after_step (needs_after_step is False)")
+
+    def config(self) -> dict:
+        """JSON-serialisable options; ``mtl.build(**balancer.config())`` rebuilds it."""
+        return {"name": self.name, "k": self.k, **self._options()}
+
+    def _options(self) -> dict:
+        return {"max_grad_norm": self.max_grad_norm}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in self.config().items() if key != "name")
+
+    # ---- shared helpers -------------------------------------------------------------------------
+    def _check_losses(self, cluster_losses: Tensor) -> None:
+        if not isinstance(cluster_losses, Tensor) or cluster_losses.shape != (self.k,):
+            shape = (
+                tuple(cluster_losses.shape) if isinstance(cluster_losses, Tensor) else type(cluster_losses)
+            )
+            raise ValueError(f"cluster_losses must be a tensor of shape ({self.k},), got {shape}")
+
+    @staticmethod
+    def _check_params(params: Iterable[Tensor]) -> list[Tensor]:
+        params = list(params)
+        if not params:
+            raise ValueError("params is empty: pass the parameters whose .grad the balancer should write")
+        for param in params:
+            if not param.requires_grad:
+                raise ValueError("every parameter passed to backward must require grad")
+        return params
+
+    def _write_grads(self, loss: Tensor, params: list[Tensor], scaler: Any | None) -> dict:
+        """Backward ``loss`` into ``params`` (scaled; averaged over processes), then clip if asked."""
+        loss = scaled(loss, scaler)
+        if world_size() == 1:
+            torch.autograd.backward(loss, inputs=params)
+        else:
+            grads = torch.autograd.grad(loss, params, materialize_grads=True)
+            flat = all_reduce_mean_(torch.cat([grad.reshape(-1) for grad in grads]))
+            add_to_grads(params, flat.split([param.numel() for param in params]))
+        return self._clip(params, scaler)
+
+    def _clip(self, params: list[Tensor], scaler: Any | None) -> dict:
+        if self.max_grad_norm is None:
+            return {}
+        scale = loss_scale(scaler)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm * scale)
+        return {"grad_norm_before_clip": (norm / scale).detach(), "grad_clip": self.max_grad_norm}

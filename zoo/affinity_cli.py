@@ -1,0 +1,48 @@
+"""`zoo affinity NAME`: measure a model's task-affinity matrix (ANT's Figure 1), save it and a heatmap."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def run_affinity(args: argparse.Namespace) -> int:
+    import zoo
+    from clustering.affinity import measure, plot_affinity
+    from zoo.data import load_dataset
+
+    model = zoo.create(args.name, pretrained=args.pretrained) if args.pretrained else zoo.create(args.name)
+    data = load_dataset(args.data, split="train")
+    generator = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(len(data), generator=generator)
+    batches = []
+    for b in range(args.batches):
+        idx = order[b * args.batch : (b + 1) * args.batch]
+        items = [data[int(i)] for i in idx]
+        batches.append((torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])))
+    matrix = measure(model.net, model.diffusion, batches, group=args.group, progress=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(matrix, out / "affinity.pt")
+    (out / "affinity.json").write_text(
+        json.dumps(
+            {
+                "model": args.name,
+                "pretrained": args.pretrained,
+                "data": args.data,
+                "batches": args.batches,
+                "batch": args.batch,
+                "group": args.group,
+                "seed": args.seed,
+                "matrix": matrix.tolist(),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    plot_affinity(matrix, out / "affinity.png")
+    print(f"wrote {out / 'affinity.pt'}, {out / 'affinity.json'} and {out / 'affinity.png'}")
+    return 0

@@ -1,0 +1,135 @@
+"""`zoo convert SRC DST`: foreign DiT weights into the zoo layout (config.json + model.safetensors + card).
+
+Sources: an original DiT `.pt` (plain state dict or train.py checkpoint, EMA preferred; CC BY-NC 4.0
+for the released ones), an ANT/DTR training checkpoint (DTR's stored mask buffers are dropped), or a
+diffusers `DiTTransformer2DModel` folder / `hf-hub:` repo.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.dit import DIT_SIZES
+from zoo.registry import UnknownModelError
+
+
+def infer_dit_backbone(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
+    """The registered DiT backbone name and kwargs that fit a DiT state dict (from its shapes)."""
+    try:
+        proj = state_dict["x_embedder.proj.weight"]  # (hidden, in_channels, p, p)
+        pos = state_dict["pos_embed"]  # (1, N, hidden)
+    except KeyError as exc:
+        raise ValueError(f"not a DiT state dict: missing {exc.args[0]!r}") from exc
+    hidden, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
+    depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
+    size = next((s for s, v in DIT_SIZES.items() if v["hidden_size"] == hidden and v["depth"] == depth), None)
+    if size is None:
+        raise UnknownModelError(f"no registered DiT size has hidden {hidden} and depth {depth}: {DIT_SIZES}")
+    grid = math.isqrt(pos.shape[1])
+    out_channels = state_dict["final_layer.linear.weight"].shape[0] // (patch * patch)
+    kwargs = {
+        "input_size": grid * patch,
+        "in_channels": in_channels,
+        "learn_sigma": out_channels == 2 * in_channels,
+    }
+    table = state_dict.get("y_embedder.embedding_table.weight")
+    kwargs["num_classes"] = 0 if table is None else table.shape[0] - 1
+    name = f"dit_{size.lower()}" if patch == 2 else f"dit_{size.lower()}_p{patch}"
+    return name, kwargs
+
+
+def _diffusers_weights(src: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from zoo.hub import load_safetensors
+
+    folder = Path(src).expanduser()
+    if src.startswith("hf-hub:"):
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(src[len("hf-hub:") :], allow_patterns=["transformer/*", "*.json"]))
+    candidates = (
+        sorted(folder.glob("**/diffusion_pytorch_model*.safetensors")) if folder.is_dir() else [folder]
+    )
+    if not candidates:
+        raise FileNotFoundError(
+            f"{folder}: no diffusers DiTTransformer2DModel weights (diffusion_pytorch_model.safetensors)"
+        )
+    weights = candidates[0]
+    config_path = weights.parent / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: diffusers weights need their config.json")
+    return load_safetensors(weights), json.loads(config_path.read_text())
+
+
+def load_foreign(
+    src: str, fmt: str = "auto", timestep_embedding: str = "diffusers", beta: float = 0.8, alpha: float = 4.0
+) -> tuple[dict, dict]:
+    """(our state dict, DiT kwargs that the state dict alone cannot tell) of a foreign checkpoint.
+
+    `fmt="dtr"` checks the routing tables a DTR checkpoint stores against our DTR table for (beta,
+    alpha) before dropping them; "auto" drops any stored mask buffers unchecked.
+    """
+    from zoo import convert
+
+    path = Path(src).expanduser()
+    is_diffusers = (
+        src.startswith("hf-hub:")
+        or fmt == "diffusers"
+        or (fmt == "auto" and (path.is_dir() or path.suffix == ".safetensors"))
+    )
+    if is_diffusers:
+        state, config = _diffusers_weights(src)
+        kwargs = convert.dit_config_from_diffusers(config, timestep_embedding=timestep_embedding)
+        return convert.diffusers_to_dit(state, int(kwargs["input_size"])), {
+            "timestep_freq_shift": kwargs["timestep_freq_shift"]
+        }
+    if not path.is_file():
+        raise FileNotFoundError(f"{src} does not exist")
+    state = convert.load_original_dit_checkpoint(path)
+    if fmt == "dtr":
+        import routing
+
+        hidden = state["x_embedder.proj.weight"].shape[0]
+        table = routing.dtr_table(hidden, num_tasks=1000, beta=beta, alpha=alpha)
+        state = convert.strip_dtr_mask_buffers(state, expected_tables=table)
+    elif fmt == "auto":
+        state = convert.strip_dtr_mask_buffers(state)
+    return state, {}
+
+
+def convert_to_zoo(
+    src: str,
+    dst: str,
+    name: str | None = None,
+    fmt: str = "auto",
+    num_classes: int | None = None,
+    timestep_embedding: str = "diffusers",
+    beta: float = 0.8,
+    alpha: float = 4.0,
+) -> Path:
+    """Convert and write; the written folder loads with zoo.create('local-dir:DST')."""
+    from zoo.model import DiffusionModel, config_from_name
+
+    state, extra = load_foreign(src, fmt, timestep_embedding, beta=beta, alpha=alpha)
+    backbone, kwargs = infer_dit_backbone(state)
+    if num_classes is not None and num_classes != kwargs["num_classes"]:
+        raise ValueError(f"the weights have {kwargs['num_classes']} classes, not {num_classes}")
+    recipe = name or backbone
+    model = DiffusionModel(config_from_name(recipe, **kwargs, **extra))
+    missing, unexpected = model.net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{src}: does not fit {recipe}: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    card = {
+        "description": f"Converted from {src} (format {fmt}).",
+        "license": "unknown",
+        "notes": "Check the licence of the source weights: the original DiT weights are CC BY-NC 4.0 (non-commercial).",
+    }
+    out = model.save_pretrained(dst, card=card)
+    (Path(out) / "conversion.json").write_text(
+        json.dumps({"source": src, "format": fmt, **extra}, indent=2) + "\n"
+    )
+    return Path(out)

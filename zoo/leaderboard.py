@@ -1,0 +1,395 @@
+"""`zoo leaderboard`: every matching shipped model evaluated under ONE protocol, with sample grids and
+FID-against-training-step curves from the checkpoints of the training runs.
+
+Metrics come from zoo.evaluate on the shipped digits classifier's features, against the digits test
+split. Every row records its protocol (zoo.evaluate.Protocol); rows without one are never shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import re
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo import evaluate
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+METRIC_COLUMNS = ("fid", "kid", "precision", "recall", "inception_score", "class_accuracy")
+SUPPORTED_DATA = ("digits",)
+
+
+@dataclass
+class LeaderboardSettings:
+    """One evaluation protocol (what `zoo leaderboard` flags set)."""
+
+    data: str = "digits"
+    models: str = "*"
+    samples: int = 500
+    steps: int = 25
+    sampler: str = "ddim"
+    cfg: float = 1.0
+    seed: int = 0
+    batch: int = 500
+    kid_subsets: int = 100
+
+    def __post_init__(self) -> None:
+        if self.data not in SUPPORTED_DATA:
+            raise ValueError(f"no shipped extractor for data {self.data!r}; expected one of {SUPPORTED_DATA}")
+        if self.samples < 10:
+            raise ValueError(
+                f"samples must be >= 10 (k-NN manifolds and covariances need several), got {self.samples}"
+            )
+        if self.steps < 1 or self.batch < 1:
+            raise ValueError(f"steps and batch must be >= 1, got steps={self.steps}, batch={self.batch}")
+
+
+class Evaluator:
+    """Holds the extractor and the reference features; evaluates models under one protocol."""
+
+    def __init__(self, settings: LeaderboardSettings, npz_dir: Path | None = None) -> None:
+        from zoo.classifier import load_digits_classifier
+        from zoo.data import load_dataset
+
+        self.settings = settings
+        self.npz_dir = npz_dir
+        self.extractor = load_digits_classifier()
+        reference = load_dataset(settings.data, split="test")
+        self.reference_name = f"{settings.data}:test ({len(reference)} images)"
+        self.reference = evaluate.extract(self.extractor, reference.images)
+
+    def samples(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-balanced labels 0..C-1 repeated, and the samples drawn for them (fixed seed)."""
+        labels = torch.arange(self.settings.samples) % max(model.num_classes, 1)
+        generator = torch.Generator().manual_seed(self.settings.seed)
+        images = []
+        for chunk in labels.split(self.settings.batch):
+            images.append(
+                model.sample(
+                    chunk,
+                    steps=self.settings.steps,
+                    sampler=self.settings.sampler,
+                    guidance=self.settings.cfg,
+                    generator=generator,
+                ).clamp(-1, 1)
+            )
+        return torch.cat(images), labels
+
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        name: str,
+        weights_sha256: str,
+        training_step: int | None = None,
+        grid: Path | None = None,
+    ) -> dict[str, Any]:
+        """Sample, extract and compare: one leaderboard row with its protocol."""
+        images, labels = self.samples(model)
+        if grid is not None:
+            from zoo.images import save_grid
+
+            count = min(len(images), 10 * max(model.num_classes, 1))
+            save_grid(images[:count], grid, nrow=max(model.num_classes, 1), upscale=4)
+        if self.npz_dir is not None:  # for the reference ADM evaluator (uint8 NHWC `arr_0`)
+            from zoo.images import save_npz
+
+            save_npz(images, self.npz_dir / f"{name}.npz")
+        fake = evaluate.extract(self.extractor, images, batch_size=self.settings.batch)
+        metrics = evaluate.compare(
+            self.reference,
+            fake,
+            fake_labels=labels,
+            seed=self.settings.seed,
+            kid_subsets=self.settings.kid_subsets,
+        )
+        protocol = evaluate.Protocol(
+            model=name,
+            weights_sha256=weights_sha256,
+            sampler=self.settings.sampler,
+            steps=self.settings.steps,
+            guidance=self.settings.cfg,
+            num_samples=self.settings.samples,
+            reference=self.reference_name,
+            extractor=self.extractor.name,
+            extractor_sha256=self.extractor.sha256,
+            seed=self.settings.seed,
+            training_step=training_step,
+        )
+        return {"model": name, **metrics, "protocol": protocol.to_dict()}
+
+
+def shipped_names(data: str, pattern: str) -> list[str]:
+    """`recipe.data` names of shipped weights whose name or recipe matches the fnmatch pattern."""
+    import zoo.pretrained_shipped  # noqa: F401  (registers the shipped weight configs)
+    from zoo.hub import list_pretrained
+
+    names = [n for n in list_pretrained("*") if n.endswith(f".{data}")]
+    return [
+        n for n in names if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.split(".")[0], pattern)
+    ]
+
+
+def evaluate_shipped(evaluator: Evaluator, names: list[str], grid_dir: Path | None) -> list[dict[str, Any]]:
+    """One row per shipped model, loaded through the normal `pretrained=` path."""
+    from zoo.hub import create, get_pretrained_cfg
+
+    rows = []
+    for name in names:
+        model = create(name, pretrained=True).eval()
+        grid = grid_dir / f"samples_{name}.png" if grid_dir is not None else None
+        rows.append(evaluator.evaluate(model, name, get_pretrained_cfg(name).sha256, grid=grid))
+        print(format_rows(rows[-1:], header=len(rows) == 1), flush=True)
+    return rows
+
+
+_CHECKPOINT = re.compile(r"step-(\d+)\.pt")
+
+
+def evaluate_runs(evaluator: Evaluator, runs: Path, pattern: str) -> list[dict[str, Any]]:
+    """Every checkpoint's EMA weights of runs laid out as RUNS/<recipe>/seed<S>/checkpoints/step-N.pt."""
+    from zoo.hub import sha256_of
+    from zoo.model import DiffusionModel
+
+    rows = []
+    for checkpoint in sorted(runs.glob("*/seed*/checkpoints/step-*.pt")):
+        recipe, seed = checkpoint.parents[2].name, int(checkpoint.parents[1].name[len("seed") :])
+        if not fnmatch.fnmatchcase(recipe, pattern) or not (checkpoint.parents[1] / "final").is_dir():
+            continue  # unfinished runs would compare unequal compute
+        step = int(_CHECKPOINT.fullmatch(checkpoint.name).group(1))
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model = DiffusionModel(json.loads(state["model_config"]))
+        model.net.load_state_dict(state["ema"])
+        row = evaluator.evaluate(
+            model.eval(), f"{recipe}@seed{seed}", sha256_of(checkpoint), training_step=step
+        )
+        rows.append({**row, "recipe": recipe, "seed": seed, "step": step})
+        print(f"{recipe} seed {seed} step {step}: FID {row['fid']:.3f}", flush=True)
+    return rows
+
+
+def summarize_seeds(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and spread (sample std) over seeds of every metric at each recipe's last step."""
+    last: dict[str, int] = {}
+    for row in curves:
+        last[row["recipe"]] = max(last.get(row["recipe"], 0), row["step"])
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in curves:
+        if row["step"] == last[row["recipe"]]:
+            groups[row["recipe"]].append(row)
+    summary = []
+    for recipe, rows in sorted(groups.items()):
+        entry: dict[str, Any] = {
+            "recipe": recipe,
+            "step": last[recipe],
+            "seeds": sorted(r["seed"] for r in rows),
+        }
+        for metric in METRIC_COLUMNS:
+            values = [r[metric] for r in rows if metric in r]
+            entry[f"{metric}_mean"] = statistics.fmean(values)
+            entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else float("nan")
+        summary.append(entry)
+    return summary
+
+
+def format_rows(rows: list[dict[str, Any]], header: bool = True) -> str:
+    """A plain table of rows that carry a protocol (the others are dropped)."""
+    shown = [r for r in rows if evaluate.has_protocol(r)]
+    lines = [f"{'model':<24} " + " ".join(f"{c[:9]:>9}" for c in METRIC_COLUMNS)] if header else []
+    for row in shown:
+        lines.append(
+            f"{row['model']:<24} " + " ".join(f"{row.get(c, float('nan')):>9.4f}" for c in METRIC_COLUMNS)
+        )
+    return "\n".join(lines)
+
+
+def render_markdown(payload: dict[str, Any]) -> str:
+    """The leaderboard page: the table of shipped models, the seed summary, and the protocol."""
+    rows = [r for r in payload["results"] if evaluate.has_protocol(r)]
+    lines = [f"# Leaderboard: {payload['settings']['data']}", ""]
+    if rows:
+        protocol = rows[0]["protocol"]
+        lines += [
+            "Protocol: "
+            + ", ".join(
+                f"{k}={v}"
+                for k, v in protocol.items()
+                if k not in ("model", "weights_sha256", "training_step")
+            ),
+            "",
+        ]
+    lines += [
+        "| model | " + " | ".join(METRIC_COLUMNS) + " | weights sha256 |",
+        "|---" * (len(METRIC_COLUMNS) + 2) + "|",
+    ]
+    for row in sorted(rows, key=lambda r: r["fid"]):
+        cells = " | ".join(f"{row[c]:.4f}" if c in row else "" for c in METRIC_COLUMNS)
+        lines.append(f"| {row['model']} | {cells} | `{row['protocol']['weights_sha256'][:12]}` |")
+    if payload.get("seed_summary"):
+        lines += [
+            "",
+            "## Mean and spread over seeds (training-run checkpoints, last step)",
+            "",
+            "| recipe | step | seeds | FID | KID | precision | recall | class acc |",
+            "|---" * 8 + "|",
+        ]
+        for entry in sorted(payload["seed_summary"], key=lambda e: e["fid_mean"]):
+
+            def cell(metric: str, entry: dict[str, Any] = entry) -> str:
+                return f"{entry[metric + '_mean']:.4f} ± {entry[metric + '_std']:.4f}"
+
+            lines.append(
+                f"| {entry['recipe']} | {entry['step']} | {len(entry['seeds'])} | {cell('fid')} | "
+                f"{cell('kid')} | {cell('precision')} | {cell('recall')} | {cell('class_accuracy')} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot_curves(curves: list[dict[str, Any]], path: Path) -> Path:
+    """FID against training step, one line per recipe (mean over seeds, band = min..max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_recipe: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in curves:
+        by_recipe[row["recipe"]][row["step"]].append(row["fid"])
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for recipe, per_step in sorted(by_recipe.items()):
+        steps = sorted(per_step)
+        means = [statistics.fmean(per_step[s]) for s in steps]
+        axis.plot(steps, means, marker="o", label=recipe)
+        axis.fill_between(
+            steps, [min(per_step[s]) for s in steps], [max(per_step[s]) for s in steps], alpha=0.12
+        )
+    axis.set_xlabel("training step")
+    axis.set_ylabel("FID (digits classifier features)")
+    axis.set_yscale("log")
+    axis.legend(fontsize=7, ncol=2)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def run_leaderboard(
+    settings: LeaderboardSettings,
+    out: Path = RESULTS_DIR,
+    runs: Path | None = None,
+    curve_samples: int = 200,
+    names: list[str] | None = None,
+    tag: str | None = None,
+    npz_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate the shipped models (and, with `runs`, every training checkpoint); write JSON, MD and PNGs."""
+    names = shipped_names(settings.data, settings.models) if names is None else names
+    if not names:
+        raise FileNotFoundError(
+            f"no shipped model matches {settings.models!r} for {settings.data!r} "
+            "(scripts/train_shipped.py trains them)"
+        )
+    out = Path(out)
+    stem = f"leaderboard_{tag or settings.data}"
+    evaluator = Evaluator(settings, npz_dir=npz_dir)
+    payload: dict[str, Any] = {
+        "settings": settings.__dict__,
+        "results": evaluate_shipped(evaluator, names, out),
+    }
+    if runs is not None:
+        curve_settings = LeaderboardSettings(**{**settings.__dict__, "samples": curve_samples, "models": "*"})
+        curve_evaluator = Evaluator(curve_settings)
+        payload["curves"] = evaluate_runs(curve_evaluator, Path(runs), settings.models.split(".")[0])
+        payload["seed_summary"] = summarize_seeds(payload["curves"])
+        plot_curves(payload["curves"], out / f"{stem}_fid_vs_step.png")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(render_markdown(payload))
+    return payload
+
+
+def write_cards(payload: dict[str, Any]) -> None:
+    """Record each shipped model's measured results and protocol in the manifest and its card."""
+    from zoo.card import render_card
+    from zoo.hub import PACKAGE_WEIGHTS
+    from zoo.pretrained_shipped import SHIPPED_MANIFEST
+
+    manifest = json.loads(SHIPPED_MANIFEST.read_text())
+    for row in payload["results"]:
+        recipe = row["model"].split(".")[0]
+        entry = manifest[recipe]
+        entry["results"] = {m: round(row[m], 5) for m in METRIC_COLUMNS if m in row}
+        entry["evaluation"] = row["protocol"]
+        folder = PACKAGE_WEIGHTS / entry["file"]
+        config = json.loads((folder / "config.json").read_text())
+        card = {
+            "name": row["model"],
+            "description": f"{recipe} trained by this project on the 8x8 digits (EMA weights of seed 0).",
+            "datasets": ["digits"],
+            "command": entry["command"],
+            "recipe": entry["recipe"],
+            "results": entry["results"],
+            "protocol": row["protocol"],
+            "sha256": entry["sha256"],
+            "load_name": row["model"],
+        }
+        (folder / "README.md").write_text(render_card(config, card))
+    SHIPPED_MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of `zoo leaderboard`."""
+    d = LeaderboardSettings()
+    parser.add_argument("--data", default=d.data, choices=SUPPORTED_DATA)
+    parser.add_argument(
+        "--models", default=d.models, help="fnmatch pattern over recipe names, e.g. 'dit_t_dtr*'"
+    )
+    parser.add_argument("--samples", type=int, default=d.samples, help="generated samples per model")
+    parser.add_argument("--steps", type=int, default=d.steps, help="sampler steps")
+    parser.add_argument("--sampler", default=d.sampler, choices=("ddpm", "ddim"))
+    parser.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--batch", type=int, default=d.batch)
+    parser.add_argument(
+        "--runs", default=None, help="training runs (RUNS/<recipe>/seed<S>/checkpoints) for curves"
+    )
+    parser.add_argument("--curve-samples", type=int, default=200, help="samples per checkpoint on the curves")
+    parser.add_argument("--out", default=str(RESULTS_DIR))
+    parser.add_argument(
+        "--npz", default=None, help="also save each model's samples as NPZ for the ADM evaluator"
+    )
+    parser.add_argument("--write-cards", action="store_true", help="record the results in the shipped cards")
+    return parser
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    settings = LeaderboardSettings(
+        data=args.data,
+        models=args.models,
+        samples=args.samples,
+        steps=args.steps,
+        sampler=args.sampler,
+        cfg=args.cfg,
+        seed=args.seed,
+        batch=args.batch,
+    )
+    payload = run_leaderboard(
+        settings,
+        out=Path(args.out),
+        runs=Path(args.runs) if args.runs else None,
+        curve_samples=args.curve_samples,
+        npz_dir=Path(args.npz) if args.npz else None,
+    )
+    if args.write_cards:
+        write_cards(payload)
+    print(render_markdown(payload))
+    return 0

@@ -1,0 +1,117 @@
+"""The built-in weight configs (plain data). Each `arch.tag` says where its weights live, their
+licence, how they were trained and what they score, with the protocol of every number.
+
+Numbers marked `measured_here: False` are the authors' own, quoted from the papers (../shared/PAPERS.md).
+"""
+
+from __future__ import annotations
+
+from zoo.hub import PretrainedCfg, register_pretrained
+
+SD_VAE = {"repo": "stabilityai/sd-vae-ft-ema", "scale": 0.18215}
+CC_BY_NC = "cc-by-nc-4.0"
+
+# The original DiT-XL/2 weights (Peebles & Xie). CC BY-NC 4.0: loaded from their hosts, never vendored here.
+for _size in (256, 512):
+    register_pretrained(
+        PretrainedCfg(
+            arch="dit_xl",
+            tag=f"in1k_{_size}",
+            format="diffusers",
+            hf_hub_id=f"facebook/DiT-XL-2-{_size}",
+            hf_subfolder="transformer",
+            hf_filename="diffusion_pytorch_model.safetensors",
+            url=f"https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-{_size}x{_size}.pt",
+            license=CC_BY_NC,
+            description=f"Original DiT-XL/2 trained on ImageNet {_size}x{_size} latents (7M steps). CC BY-NC 4.0.",
+            overrides={"input_size": _size // 8, "in_channels": 4, "num_classes": 1000},
+            recipe={"steps": 7_000_000, "batch": 256, "lr": 1e-4, "ema": 0.9999, "schedule": "linear"},
+            evaluation={
+                "sampler": "ddpm",
+                "steps": 250,
+                "guidance": 1.5,
+                "samples": 50_000,
+                "feature_extractor": "ADM Inception (FID-50K)",
+            },
+            results={"fid": 2.27 if _size == 256 else 3.04, "measured_here": False},
+            vae=SD_VAE,
+        )
+    )
+
+# ANT's released checkpoints ({"ema", "model"} .pt) from a file-sharing link: download by hand, then
+# pass file=PATH (see README "Weights from the papers"). FIDs are the authors' (FID-50K, ADM evaluator).
+_ANT = [
+    (
+        "dit_l_uw_k5",
+        "ant",
+        5.695,
+        "DiT-L/2, ANT uncertainty weighting over 5 uniform clusters (released checkpoint)",
+    ),
+    ("dit_s_nash_k5", "ant", 44.65, "DiT-S/2, ANT Nash-MTL over 5 uniform clusters (released checkpoint)"),
+    (
+        "dit_s_uw_k5",
+        "ant",
+        48.40,
+        "DiT-S/2, ANT uncertainty weighting over 5 uniform clusters (released checkpoint)",
+    ),
+]
+for _arch, _tag, _fid, _desc in _ANT:
+    register_pretrained(
+        PretrainedCfg(
+            arch=_arch,
+            tag=f"{_tag}_in1k_256",
+            format="ant",
+            file=f"~/.cache/dit-mtl-zoo/manual/{_arch}_ant.pt",
+            license="see the ANT repository",
+            description=_desc
+            + ". Download the .pt by hand from the ANT repository's link and place it at the `file` path.",
+            overrides={"input_size": 32, "in_channels": 4, "num_classes": 1000},
+            recipe={"steps": 400_000, "batch": 240, "lr": 1e-4, "ema": 0.9999},
+            evaluation={
+                "sampler": "ddpm",
+                "steps": 250,
+                "guidance": 1.5,
+                "samples": 50_000,
+                "feature_extractor": "ADM Inception (FID-50K)",
+            },
+            results={"fid": _fid, "measured_here": False},
+            vae={"repo": "stabilityai/sdxl-vae", "scale": 0.13025} if _arch.startswith("dit_s") else SD_VAE,
+        )
+    )
+
+# OpenAI's guided-diffusion ADM checkpoints (MIT licence): plain state dicts whose keys are ours.
+_OPENAI = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
+register_pretrained(
+    PretrainedCfg(
+        arch="adm_64",
+        tag="in1k",
+        format="adm",
+        url=_OPENAI + "64x64_diffusion.pt",
+        license="mit",
+        description="ADM ImageNet 64x64 class-conditional U-Net (Dhariwal & Nichol 2021), cosine schedule, learned sigma.",
+        overrides={"schedule": "cosine"},
+        evaluation={
+            "sampler": "ddpm",
+            "steps": 250,
+            "guidance": 1.0,
+            "samples": 50_000,
+            "feature_extractor": "ADM Inception (FID-50K)",
+        },
+        results={"fid": 2.07, "measured_here": False},
+    )
+)
+register_pretrained(
+    PretrainedCfg(
+        arch="adm_256",
+        tag="uncond",
+        format="adm",
+        url=_OPENAI + "256x256_diffusion_uncond.pt",
+        license="mit",
+        description="ADM ImageNet 256x256 unconditional U-Net (Dhariwal & Nichol 2021), linear schedule, learned sigma.",
+        overrides={"schedule": "linear"},
+        results={},
+    )
+)
+
+# The digits models the project trains and ships (zoo/pretrained/, manifest shipped.json).
+import zoo.pretrained_shipped  # noqa: E402,F401  (registers `<recipe>.digits`)

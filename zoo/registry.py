@@ -1,0 +1,278 @@
+"""The name grammar and the backbone registry.
+
+A model name composes four independently registered parts (ARCHITECTURE.md):
+
+    {backbone}[_{routing}][_{mtl}][_k{K}[_{objective}]][.{tag}]
+
+`dit_l_dtr_nash_k5` is DiT-L/2 + DTR routing + Nash-MTL over 5 timestep clusters (default
+objective). Backbones are registered here with one decorator on a tiny entrypoint (as timm does);
+routers, balancers, weightings and clustering objectives come from their own packages' registries,
+so a new part is one file plus one decorator there and appears in the grammar automatically.
+Named recipes (aliases for a full name plus fixed overrides) can be registered explicitly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import itertools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.dit import DIT_SIZES, PATCH_SIZES
+
+#: default K when a balancer is named without `_k{K}` (ANT's default number of clusters)
+DEFAULT_K = 5
+#: the objective used by `_k{K}` without a suffix: uniform intervals, what ANT and DTR actually trained
+DEFAULT_OBJECTIVE = "uniform"
+#: routing aliases accepted in names (grammar token -> routing registry name)
+ROUTING_ALIASES = {"rand": "random"}
+#: the K values enumerated by list_models (any K parses)
+LISTED_K = (5, 8)
+
+_BACKBONES: dict[str, Callable[[], dict[str, Any]]] = {}
+_RECIPES: dict[str, tuple[str, dict[str, Any]]] = {}
+
+
+class UnknownModelError(ValueError):
+    """A model name that does not parse, or names a part that does not exist."""
+
+
+def register_backbone(name: str) -> Callable[[Callable[[], dict[str, Any]]], Callable[[], dict[str, Any]]]:
+    """Register a backbone entrypoint returning `{"arch": ..., "kwargs": {...}}` (timm style)."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(f"backbone names are lower-case identifiers, got {name!r}")
+
+    def decorator(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        if name in _BACKBONES:
+            raise ValueError(f"backbone {name!r} is already registered")
+        _BACKBONES[name] = fn
+        return fn
+
+    return decorator
+
+
+def register_recipe(name: str, target: str, **overrides: Any) -> None:
+    """Register a named recipe: `name` builds `target` (a grammar name) with fixed overrides."""
+    if name in _RECIPES:
+        raise ValueError(f"recipe {name!r} is already registered")
+    parse_name(target)  # fail early on a target that does not parse
+    _RECIPES[name] = (target, dict(overrides))
+
+
+def list_backbones() -> list[str]:
+    return sorted(_BACKBONES)
+
+
+def backbone_spec(name: str) -> dict[str, Any]:
+    """The architecture dict of a registered backbone: {"arch": "dit"|"adm", "kwargs": {...}}."""
+    if name not in _BACKBONES:
+        raise UnknownModelError(_unknown_message("backbone", name, list_backbones()))
+    spec = _BACKBONES[name]()
+    return {"arch": spec["arch"], "kwargs": dict(spec["kwargs"])}
+
+
+# --------------------------------------------------------------------------------------------
+# Backbones: the DiT family (sizes of the DiT paper plus a tiny T), patch 2 default, _p4/_p8.
+# --------------------------------------------------------------------------------------------
+
+
+def _register_dit(size: str, patch: int) -> None:
+    name = f"dit_{size.lower()}" if patch == 2 else f"dit_{size.lower()}_p{patch}"
+
+    @register_backbone(name)
+    def _entry() -> dict[str, Any]:
+        return {
+            "arch": "dit",
+            "kwargs": {
+                "input_size": 32,
+                "patch_size": patch,
+                "in_channels": 4,
+                "num_classes": 1000,
+                **DIT_SIZES[size],
+            },
+        }
+
+
+for _size, _patch in itertools.product(DIT_SIZES, PATCH_SIZES):
+    _register_dit(_size, _patch)
+
+
+def _register_adm(name: str) -> None:
+    @register_backbone(name)
+    def _entry() -> dict[str, Any]:
+        from models.adm import adm_config
+
+        return {"arch": "adm", "kwargs": adm_config(name)}
+
+
+for _name in ("adm_t", "adm_64", "adm_256", "adm_ffhq"):
+    _register_adm(_name)
+
+
+# --------------------------------------------------------------------------------------------
+# The parts that live in other packages (looked up lazily: a part package that is missing is an
+# error naming it, never a silent fallback).
+# --------------------------------------------------------------------------------------------
+
+
+def _part_module(package: str):
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:  # a part that has not landed is an error naming it
+        raise UnknownModelError(f"the {package!r} package is not available ({exc})") from exc
+
+
+def routing_names() -> list[str]:
+    names = set(_part_module("routing").list_routers()) - {"none"}
+    return sorted(names | {alias for alias, target in ROUTING_ALIASES.items() if target in names})
+
+
+def balancer_names() -> list[str]:
+    return sorted(_part_module("mtl").list_balancers())
+
+
+def weighting_names() -> list[str]:
+    return sorted(set(_part_module("mtl").list_weightings()) - {"none"})
+
+
+def objective_names() -> list[str]:
+    return sorted(_part_module("clustering").list_objectives())
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """A parsed model name."""
+
+    backbone: str
+    routing: str | None = None
+    balancer: str | None = None
+    weighting: str | None = None
+    k: int | None = None
+    objective: str | None = None
+    tag: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def arch_name(self) -> str:
+        """The name without its tag, in canonical order."""
+        parts = [self.backbone]
+        if self.routing:
+            parts.append(self.routing)
+        if self.balancer:
+            parts.append(self.balancer)
+        if self.weighting:
+            parts.append(self.weighting)
+        if self.k is not None:
+            parts.append(f"k{self.k}")
+            if self.objective and self.objective != DEFAULT_OBJECTIVE:
+                parts.append(self.objective)
+        return "_".join(parts)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.arch_name}.{self.tag}" if self.tag else self.arch_name
+
+
+def parse_name(name: str) -> ModelName:
+    """Parse `{backbone}[_{routing}][_{mtl}][_k{K}[_{objective}]][.{tag}]`; raise with close matches."""
+    if not isinstance(name, str) or not name:
+        raise UnknownModelError(f"a model name must be a non-empty string, got {name!r}")
+    base, _, tag = name.partition(".")
+    if base in _RECIPES:
+        target, overrides = _RECIPES[base]
+        parsed = parse_name(target)
+        return ModelName(**{**parsed.__dict__, "tag": tag or parsed.tag, "overrides": dict(overrides)})
+    if tag and not re.fullmatch(r"[A-Za-z0-9_\-]+", tag):
+        raise UnknownModelError(f"malformed tag {tag!r} in {name!r}: tags are letters, digits, '_' and '-'")
+    tokens = base.split("_")
+    # longest registered backbone prefix (so dit_s_p4 wins over dit_s)
+    backbone = None
+    for cut in range(len(tokens), 0, -1):
+        if "_".join(tokens[:cut]) in _BACKBONES:
+            backbone, rest = "_".join(tokens[:cut]), tokens[cut:]
+            break
+    if backbone is None:
+        raise UnknownModelError(_unknown_message("model", name, _suggestion_pool(base)))
+    routing = balancer = weighting = objective = None
+    k = None
+    pending = list(rest)
+    if pending and pending[0] in routing_names():
+        routing = pending.pop(0)
+    while pending and (pending[0] in balancer_names() or pending[0] in weighting_names()):
+        token = pending.pop(0)
+        if token in balancer_names():
+            if balancer is not None:
+                raise UnknownModelError(
+                    f"{name!r} names two MTL balancers ({balancer!r}, {token!r}); pick one"
+                )
+            balancer = token
+        else:
+            if weighting is not None:
+                raise UnknownModelError(f"{name!r} names two weightings ({weighting!r}, {token!r}); pick one")
+            weighting = token
+    if pending and re.fullmatch(r"k\d+", pending[0]):
+        k = int(pending.pop(0)[1:])
+        if k < 1:
+            raise UnknownModelError(f"{name!r}: the number of clusters must be >= 1, got k{k}")
+        if pending and pending[0] in objective_names():
+            objective = pending.pop(0)
+    if pending:
+        bad = pending[0]
+        raise UnknownModelError(
+            f"cannot parse {name!r}: unexpected part {bad!r} after {'_'.join(tokens[: len(tokens) - len(pending)])!r}. "
+            f"Grammar: {{backbone}}[_{{routing}}][_{{mtl}}][_k{{K}}[_{{objective}}]][.{{tag}}]; routing: "
+            f"{routing_names()}; mtl: {balancer_names() + weighting_names()}; objectives: {objective_names()}."
+            + _close_matches_text(base)
+        )
+    if balancer is not None and k is None:
+        k = DEFAULT_K
+    if k is not None and objective is None:
+        objective = DEFAULT_OBJECTIVE
+    return ModelName(backbone, routing, balancer, weighting, k, objective, tag or None)
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Names matching an fnmatch pattern: the composable space, or (pretrained=True) `name.tag`s with weights."""
+    if pretrained:
+        from zoo.hub import list_pretrained
+
+        return list_pretrained(pattern)
+    return sorted(n for n in _composable_names() if fnmatch.fnmatchcase(n, pattern))
+
+
+def _composable_names() -> list[str]:
+    routers = [None, *sorted(set(routing_names()) - set(ROUTING_ALIASES.values()))]
+    mtls = [None, *balancer_names(), *weighting_names()]
+    names = set(_RECIPES)
+    for backbone, router, method in itertools.product(list_backbones(), routers, mtls):
+        head = "_".join(p for p in (backbone, router, method) if p)
+        if method in balancer_names():
+            for k, objective in itertools.product(
+                LISTED_K, [None, *sorted(set(objective_names()) - {DEFAULT_OBJECTIVE})]
+            ):
+                names.add(f"{head}_k{k}" + (f"_{objective}" if objective else ""))
+        else:
+            names.add(head)
+    return sorted(names)
+
+
+def _suggestion_pool(base: str) -> list[str]:
+    try:
+        return _composable_names()
+    except UnknownModelError:
+        return list_backbones()
+
+
+def _close_matches_text(base: str) -> str:
+    matches = difflib.get_close_matches(base, _suggestion_pool(base), n=5, cutoff=0.5)
+    return f" Did you mean: {', '.join(matches)}?" if matches else ""
+
+
+def _unknown_message(kind: str, name: str, pool: list[str]) -> str:
+    matches = difflib.get_close_matches(name.partition(".")[0], pool, n=5, cutoff=0.4)
+    hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
+    return f"unknown {kind} {name!r}.{hint} (zoo.list_models() lists valid names)"

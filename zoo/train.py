@@ -1,0 +1,683 @@
+"""The training loop and `zoo train`: one step as ARCHITECTURE.md draws it, exact resume, data parallel.
+
+One step: stratified timesteps and per-sample losses -> weighting -> cluster losses (all inside
+`model.loss`), `balancer.backward` writes the gradients, gradients are averaged over ranks and
+clipped, the optimiser steps, the EMA follows, and balancers that ask for it (FAMO) re-evaluate the
+same batch. Every random stream is seeded and checkpointed (data order, the timestep/noise
+generator, the global torch RNG that drives label dropout, numpy and python), so a run interrupted
+at step k and resumed reproduces the uninterrupted run bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from zoo.checkpoint import (
+    capture_rng_state,
+    list_checkpoints,
+    load_latest_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from zoo.data import DataOrder, SeededBatchSampler, load_dataset
+from zoo.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    broadcast_module,
+    init_distributed,
+)
+from zoo.ema import EMA
+from zoo.images import save_grid
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; `zoo train` flags map one to one (dashes for underscores)."""
+
+    model: str
+    data: str = "digits"
+    steps: int = 1000
+    batch: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema: float = 0.9999
+    precision: str = "fp32"
+    grad_accum: int = 1
+    grad_clip: float = 0.0
+    compile: bool = False
+    grad_checkpointing: bool = False
+    fsdp: bool = False
+    seed: int = 0
+    out: str = "runs/run"
+    resume: bool = False
+    pretrained: str | None = None
+    image_size: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    sample_every: int = 0
+    sample_n: int = 64
+    sample_steps: int = 250
+    sample_sampler: str = "ddpm"
+    sample_cfg: float = 1.0
+    ckpt_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    num_workers: int = 0
+    max_bad_steps: int = 5
+    device: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} unknown; expected one of {sorted(PRECISIONS)}")
+        for name in ("steps", "batch", "grad_accum", "keep_last", "log_every", "max_bad_steps", "sample_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema <= 1.0:
+            raise ValueError(f"ema decay must be in [0, 1], got {self.ema}")
+
+    def to_command(self) -> str:
+        """The `zoo train` command line that reproduces this config."""
+        defaults = TrainConfig(model=self.model)
+        parts = ["zoo", "train", self.model]
+        for item in dataclasses.fields(self):
+            if item.name in ("model", "overrides", "progress"):
+                continue
+            value = getattr(self, item.name)
+            if value == getattr(defaults, item.name):
+                continue
+            flag = "--" + item.name.replace("_", "-")
+            parts += [flag] if value is True else [flag, str(value)]
+        for key, value in sorted(self.overrides.items()):
+            parts += ["--set", f"{key}={json.dumps(value)}"]
+        return shlex.join(parts)
+
+
+def model_overrides_for(dataset: Dataset) -> dict[str, Any]:
+    """Backbone settings implied by the data: input size, channels and class count."""
+    overrides: dict[str, Any] = {
+        "input_size": int(dataset.image_size),
+        "in_channels": int(dataset.channels),
+        "num_classes": int(dataset.num_classes),
+    }
+    manifest = getattr(dataset, "manifest", None)
+    if manifest and manifest.get("vae"):
+        overrides["vae"] = {"repo": manifest["vae"], "scale": manifest["scale"]}
+    return overrides
+
+
+def _floats(logs: dict[str, Any]) -> dict[str, Any]:
+    """Tensors in a log dict as floats / lists of floats (JSON-ready)."""
+    out: dict[str, Any] = {}
+    for key, value in logs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float().cpu()
+            out[key] = value.item() if value.numel() == 1 else value.tolist()
+        elif isinstance(value, (int, float, str, bool, list)) or value is None:
+            out[key] = value
+    return out
+
+
+class Trainer:
+    """Trains a zoo model: `Trainer(TrainConfig("dit_t_dtr_uw_k5", steps=2000, out="runs/x")).fit()`.
+
+    `model` and `dataset` may be passed in (otherwise built from the config: `zoo.create` with the
+    data's size, channels and classes as overrides); `context` places it in a process group.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: torch.nn.Module | None = None,
+        dataset: Dataset | None = None,
+        context: DistributedContext | None = None,
+    ) -> None:
+        self.config = config
+        self.context = context or init_distributed(config.device)
+        self.device = (
+            self.context.device
+            if config.device is None
+            else torch.device(
+                config.device if not config.device.startswith("cuda") else f"cuda:{self.context.local_rank}"
+            )
+        )
+        if config.fsdp:
+            raise ValueError(
+                "--fsdp shards the model over GPUs and needs CUDA (expected --device cuda)"
+                if self.device.type != "cuda"
+                else "--fsdp is not available yet: the balancers average full per-parameter gradients across "
+                "processes themselves (mtl/base.py), which FSDP's sharded gradients do not provide; use plain data "
+                "parallel (torchrun without --fsdp) with --grad-checkpointing and bf16 to save memory"
+            )
+        self.run_dir = Path(config.out)
+        self.dataset = (
+            dataset if dataset is not None else load_dataset(config.data, "train", config.image_size)
+        )
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        if model is None:
+            import zoo
+
+            overrides = {**model_overrides_for(self.dataset), **config.overrides}
+            if config.grad_checkpointing:
+                overrides["grad_checkpointing"] = True
+            model = zoo.create(config.model, pretrained=config.pretrained or False, **overrides)
+        elif config.grad_checkpointing:
+            model.net.grad_checkpointing = True
+        self.model = model.to(self.device).train()
+        self._check_data_fits()
+        broadcast_module(self.model)
+        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.ema = EMA(self.model.net, config.ema, shadow=self.ema_model.net)
+        if config.compile:
+            self.model.net.compile()
+        balancer_groups = list(self.model.balancer.parameter_groups())
+        self.params = [p for p in self.model.net.parameters() if p.requires_grad]
+        grouped = {id(p) for group in balancer_groups for p in group["params"]}
+        self.all_params = self.params + [p for p in self.model.balancer.parameters() if id(p) in grouped]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": self.params}, *balancer_groups], lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.autocast_dtype = PRECISIONS[config.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(config.seed * 1_000_003 + self.context.rank)
+        torch.manual_seed(config.seed * 1_000_003 + self.context.rank)  # label dropout differs per rank
+        self.sampler = SeededBatchSampler(
+            len(self.dataset),
+            config.batch * config.grad_accum,
+            seed=config.seed,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
+        )
+        self.step = 0
+        self.data_order = DataOrder()
+        self.bad_steps_in_row = 0
+        self.elapsed = 0.0
+        self.last_logs: dict[str, Any] = {}
+        self._stop_signal: int | None = None
+        self._log_file = None
+        self._tensorboard = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _check_data_fits(self) -> None:
+        num_classes = int(getattr(self.model.net, "num_classes", 0) or 0)
+        data_classes = int(getattr(self.dataset, "num_classes", 0) or 0)
+        if num_classes and data_classes > num_classes:
+            raise ValueError(
+                f"data {self.config.data!r} has {data_classes} classes but the model has num_classes={num_classes}; "
+                f"expected at most {num_classes} (override num_classes={data_classes})"
+            )
+        expected = tuple(self.model.sample_shape)
+        actual = (int(self.dataset.channels), int(self.dataset.image_size), int(self.dataset.image_size))
+        if expected != actual:
+            raise ValueError(
+                f"data {self.config.data!r} gives (C, H, W) {actual}, the model expects {expected}"
+            )
+
+    # ------------------------------------------------------------------ one step
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(
+        self,
+        x0: torch.Tensor,
+        y: torch.Tensor | None,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """One optimiser step on a batch (split into `grad_accum` micro-batches); returns the step's logs.
+
+        `t` and `noise` fix the timesteps and noise (else drawn from the trainer's generator). A step
+        with a non-finite loss or gradient changes nothing and is reported with `skipped: True`.
+        """
+        model, balancer = self.model, self.model.balancer
+        x0, y = (
+            x0.to(self.device, non_blocking=True),
+            None if y is None else y.to(self.device, non_blocking=True),
+        )
+        micro = self.config.grad_accum
+        chunks = list(
+            zip(*(part.chunk(micro) if part is not None else [None] * micro for part in (x0, y, t, noise)))
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        cluster_sum = torch.zeros(model.clusters.k, device=self.device)
+        logs: dict[str, Any] = {}
+        finite = True
+        used: list[tuple[torch.Tensor, ...]] = []
+        for x_part, y_part, t_part, noise_part in chunks:
+            with self._autocast():
+                out = model.loss(x_part, y_part, t=t_part, noise=noise_part, generator=self.generator)
+            used.append((x_part, y_part, out.t, out.noise))
+            finite_here = torch.isfinite(out.cluster_losses).all().float().reshape(1)
+            if bool(all_reduce_mean(finite_here, self.context.world_size) < 1):  # every rank skips together
+                finite = False
+                break
+            cluster_sum += out.cluster_losses.detach().float()
+            # the balancer accumulates into .grad and averages it over processes itself (mtl/base.py)
+            logs.update(_floats(balancer.backward(out.cluster_losses, self.params, self.scaler) or {}))
+        if finite:
+            if micro > 1:
+                for param in self.all_params:
+                    if param.grad is not None:
+                        param.grad.div_(micro)
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            grad_norm = self._grad_norm()
+            finite = bool(torch.isfinite(grad_norm))
+        if not finite:
+            return self._skip_step()
+        self.bad_steps_in_row = 0
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.ema.update(self.model.net)
+        if balancer.needs_after_step:
+            # the balancer compares with its last backward: re-evaluate that (micro-)batch; it averages over ranks
+            x_last, y_last, t_last, noise_last = used[-1]
+            with torch.no_grad(), self._autocast():
+                again = model.loss(x_last, y_last, t=t_last, noise=noise_last).cluster_losses
+            logs.update(_floats(balancer.after_step(again) or {}))
+        cluster_losses = all_reduce_mean(cluster_sum / micro, self.context.world_size)
+        return {
+            **logs,
+            "loss": float(cluster_losses.mean()),
+            "cluster_losses": cluster_losses.tolist(),
+            "grad_norm": float(grad_norm),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "skipped": False,
+        }
+
+    def _grad_norm(self) -> torch.Tensor:
+        """Total gradient norm of the net, clipped to `grad_clip` when that is positive."""
+        params = [p for p in self.params if p.grad is not None]
+        if self.config.grad_clip > 0:
+            return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+    def _skip_step(self) -> dict[str, Any]:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.update(self.scaler.get_scale() / 2)
+        self.bad_steps_in_row += 1
+        warnings.warn(
+            f"step {self.step + 1}: non-finite loss or gradient, update skipped "
+            f"({self.bad_steps_in_row} in a row, stopping at {self.config.max_bad_steps})",
+            stacklevel=2,
+        )
+        if self.bad_steps_in_row >= self.config.max_bad_steps:
+            raise TrainingDiverged(
+                f"{self.bad_steps_in_row} consecutive non-finite steps up to step {self.step + 1}; stopped. "
+                f"The last good checkpoint in {self.run_dir / 'checkpoints'} is kept (resume with a lower --lr)."
+            )
+        return {"skipped": True}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs, RNG streams of every rank included (a collective when distributed)."""
+        rng = {**capture_rng_state(), "loss_generator": self.generator.get_state()}
+        if self.context.enabled:
+            gathered: list[Any] = [None] * self.context.world_size
+            torch.distributed.all_gather_object(gathered, rng)
+            rng_per_rank = gathered
+        else:
+            rng_per_rank = [rng]
+        return {
+            "step": self.step,
+            "net": self.model.net.state_dict(),
+            "ema": self.ema.state_dict(),
+            "balancer": self.model.balancer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "data_order": {"epoch": self.data_order.epoch, "position": self.data_order.position},
+            "rng": rng_per_rank,
+            "bad_steps_in_row": self.bad_steps_in_row,
+            "elapsed": self.elapsed,
+            "world_size": self.context.world_size,
+            "model_config": json.dumps(self.model.config),
+            "train_config": json.dumps(dataclasses.asdict(self.config)),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict`; RNG streams are exact only for the same world size."""
+        self.model.net.load_state_dict(state["net"])
+        self.ema.load_state_dict(state["ema"])
+        self.model.balancer.load_state_dict(state["balancer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.data_order = DataOrder(**state["data_order"])
+        self.bad_steps_in_row = int(state["bad_steps_in_row"])
+        self.elapsed = float(state["elapsed"])
+        if int(state["world_size"]) == self.context.world_size:
+            rng = state["rng"][self.context.rank]
+            restore_rng_state(rng)
+            self.generator.set_state(rng["loss_generator"])
+        else:
+            warnings.warn(
+                f"checkpoint was written by {state['world_size']} process(es), this run has "
+                f"{self.context.world_size}: random streams are reseeded from (seed, step, rank), not resumed",
+                stacklevel=2,
+            )
+            seed = self.config.seed * 1_000_003 + self.step * 1009 + self.context.rank
+            torch.manual_seed(seed)
+            self.generator.manual_seed(seed)
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 writes; every rank takes part)."""
+        state = self.state_dict()
+        if not self.context.is_main:
+            return None
+        return save_checkpoint(state, self.run_dir, self.step, keep_last=self.config.keep_last)
+
+    def resume(self) -> bool:
+        """Load the newest valid checkpoint of the run; False when the run has none yet."""
+        if not list_checkpoints(self.run_dir):
+            return False
+        state, path = load_latest_checkpoint(self.run_dir)
+        self.load_state_dict(state)
+        if self.context.is_main:
+            print(f"resumed from {path} at step {self.step}")
+        return True
+
+    # ------------------------------------------------------------------ logging and samples
+
+    def _open_logs(self) -> None:
+        if not self.context.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.run_dir / "log.jsonl", "a")  # closed at the end of fit()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self._log_file is None:
+            return
+        self._log_file.write(json.dumps(record) + "\n")
+        self._log_file.flush()
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                    self._tensorboard.add_scalar(f"train/{key}", value, record["step"])
+                elif isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+                    for index, item in enumerate(value):
+                        self._tensorboard.add_scalar(f"train/{key}/{index}", item, record["step"])
+
+    def sample_labels(self) -> torch.Tensor | None:
+        """The fixed labels of the periodic grids: 0, 1, ..., K-1 repeated (None for unconditional models)."""
+        num_classes = int(getattr(self.model.net, "num_classes", 0) or 0)
+        if not num_classes:
+            return None
+        return torch.arange(self.config.sample_n) % num_classes
+
+    def sample_grid(self, path: Path) -> Path:
+        """Draw the EMA model's grid with a fixed seed and labels, leaving every training RNG untouched."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+            labels = self.sample_labels()
+            images = self.ema_model.sample(
+                labels,
+                num_samples=self.config.sample_n,
+                steps=self.config.sample_steps,
+                sampler=self.config.sample_sampler,
+                guidance=self.config.sample_cfg,
+                generator=generator,
+            )
+        nrow = int(getattr(self.model.net, "num_classes", 0) or 0) or math.isqrt(self.config.sample_n)
+        upscale = max(1, 64 // images.shape[-1])
+        return save_grid(images.clamp(-1, 1), path, nrow=min(nrow, self.config.sample_n), upscale=upscale)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def request_stop(signum: int, _frame: Any) -> None:
+            self._stop_signal = signum
+
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, request_stop)
+            except ValueError:  # not the main thread: leave signals to the caller
+                pass
+        return previous
+
+    def _should_stop(self) -> bool:
+        flag = torch.tensor([0.0 if self._stop_signal is None else 1.0], device=self.device)
+        return bool(all_reduce_mean(flag, self.context.world_size) > 0)
+
+    def _loader(self) -> DataLoader:
+        self.sampler.start = self.data_order
+        # its own generator: the loader draws a worker base seed, which must not move the global RNG
+        worker_seeds = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step)
+        return DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=self.config.num_workers > 0,
+            generator=worker_seeds,
+        )
+
+    def fit(self) -> dict[str, Any]:
+        """Train up to `config.steps` in total (resuming when asked); returns a summary of the run."""
+        from tqdm.auto import tqdm
+
+        config = self.config
+        if config.resume:
+            if not self.resume() and self.context.is_main:
+                print(f"no checkpoint in {self.run_dir / 'checkpoints'}: starting from step 0")
+        elif list_checkpoints(self.run_dir):
+            raise FileExistsError(
+                f"{self.run_dir} already holds checkpoints; pass --resume or choose another --out"
+            )
+        self._open_logs()
+        previous_handlers = self._install_signal_handlers()
+        stopped_by = None
+        start_time, window_start, window_samples = time.perf_counter(), time.perf_counter(), 0
+        elapsed_before = self.elapsed
+        global_batch = config.batch * config.grad_accum * self.context.world_size
+        bar = tqdm(
+            total=config.steps,
+            initial=self.step,
+            disable=not (config.progress and self.context.is_main),
+            desc=config.model,
+            dynamic_ncols=True,
+        )
+        try:
+            batches = iter(self._loader())
+            while self.step < config.steps:
+                x0, y = next(batches)
+                logs = self.train_step(x0, y)
+                self.data_order = self.sampler.advance(self.data_order)
+                self.step += 1
+                self.elapsed = elapsed_before + time.perf_counter() - start_time
+                window_samples += global_batch
+                bar.update(1)
+                if not logs["skipped"]:
+                    self.last_logs = logs
+                    bar.set_postfix(
+                        loss=f"{logs['loss']:.4f}",
+                        clusters=" ".join(f"{v:.3f}" for v in logs["cluster_losses"]),
+                        refresh=False,
+                    )
+                if self.step % config.log_every == 0 or self.step == config.steps:
+                    now = time.perf_counter()
+                    samples_per_s = window_samples / max(now - window_start, 1e-9)
+                    window_start, window_samples = now, 0
+                    self._log(
+                        {"step": self.step, **logs, "samples_per_s": samples_per_s, "elapsed": self.elapsed}
+                    )
+                if config.sample_every and self.step % config.sample_every == 0 and self.context.is_main:
+                    self.sample_grid(self.run_dir / "samples" / f"step-{self.step:08d}.png")
+                if self._should_stop():
+                    stopped_by = signal.Signals(self._stop_signal or signal.SIGTERM).name
+                    self.save()
+                    break
+                if config.ckpt_every and self.step % config.ckpt_every == 0 and self.step < config.steps:
+                    self.save()
+        finally:
+            bar.close()
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+        summary: dict[str, Any] = {
+            "step": self.step,
+            "stopped_by": stopped_by,
+            "wall_time_s": self.elapsed,
+            "final_losses": self.last_logs.get("cluster_losses"),
+            "final_loss": self.last_logs.get("loss"),
+        }
+        if stopped_by is None:
+            self.save()
+            summary["final_dir"] = str(self.finish()) if self.context.is_main else None
+        if self._log_file is not None:
+            self._log_file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        return summary
+
+    def finish(self) -> Path:
+        """Save the EMA model as RUN_DIR/final (zoo layout, with a card recording the run) and its grid."""
+        final = self.run_dir / "final"
+        card = {
+            "description": f"{self.config.model} trained with the zoo trainer on {self.config.data}.",
+            "datasets": [self.config.data],
+            "command": self.config.to_command(),
+            "recipe": {
+                "steps": self.step,
+                "batch": self.config.batch * self.config.grad_accum * self.context.world_size,
+                "lr": self.config.lr,
+                "ema": self.config.ema,
+                "precision": self.config.precision,
+                "seed": self.config.seed,
+                "wall_time_s": round(self.elapsed, 1),
+                "processes": self.context.world_size,
+            },
+            "results": {
+                "final_loss": self.last_logs.get("loss"),
+                "final_cluster_losses": self.last_logs.get("cluster_losses"),
+            },
+            "load_name": f"local-dir:{final}",
+        }
+        self.ema_model.save_pretrained(final, card=card)
+        self.sample_grid(final / "samples.png")
+        return final
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of `zoo train NAME ...` (see TrainConfig)."""
+    d = TrainConfig(model="")
+    parser.add_argument("model", help="model name, e.g. dit_t_dtr_uw_k5")
+    parser.add_argument("--data", default=d.data, help="digits | mnist | imagefolder:PATH | latents:DIR")
+    parser.add_argument(
+        "--steps", type=int, default=d.steps, help="total optimiser steps (also when resuming)"
+    )
+    parser.add_argument("--batch", type=int, default=d.batch, help="batch per process and micro-step")
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--ema", type=float, default=d.ema, help="EMA decay (0.999 suits short tiny runs)")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default=d.precision)
+    parser.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step")
+    parser.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward")
+    parser.add_argument("--fsdp", action="store_true", help="shard the model over GPUs (not available yet)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--out", default=None, help="run folder (default runs/NAME)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
+    parser.add_argument("--pretrained", default=None, help="start from weights: TAG, arch.tag or a path")
+    parser.add_argument("--image-size", type=int, default=None, help="image side for imagefolder data")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="model override")
+    parser.add_argument(
+        "--sample-every", type=int, default=d.sample_every, help="EMA grid every N steps (0: end)"
+    )
+    parser.add_argument("--sample-n", type=int, default=d.sample_n)
+    parser.add_argument("--sample-steps", type=int, default=d.sample_steps)
+    parser.add_argument("--sample-sampler", choices=("ddpm", "ddim"), default=d.sample_sampler)
+    parser.add_argument("--sample-cfg", type=float, default=d.sample_cfg)
+    parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps")
+    parser.add_argument("--keep-last", type=int, default=d.keep_last, help="checkpoints kept")
+    parser.add_argument("--log-every", type=int, default=d.log_every)
+    parser.add_argument("--num-workers", type=int, default=d.num_workers)
+    parser.add_argument(
+        "--max-bad-steps", type=int, default=d.max_bad_steps, help="stop after N non-finite steps"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """A TrainConfig from parsed `zoo train` arguments."""
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=JSON, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "overrides", "progress", "out"}
+    values = {name: getattr(args, name) for name in names}
+    return TrainConfig(
+        model=args.model,
+        out=args.out or os.path.join("runs", args.model),
+        overrides=overrides,
+        progress=not args.no_progress,
+        **values,
+    )
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """`zoo train`: run (or resume) a training run; 0 on success or a clean signal stop, 1 on divergence."""
+    from zoo.distributed import cleanup
+
+    try:
+        trainer = Trainer(config_from_args(args))
+        summary = trainer.fit()
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        cleanup()
+    if summary["stopped_by"]:
+        print(
+            f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint saved (resume with --resume)"
+        )
+    elif summary.get("final_dir"):
+        print(
+            f"done: {summary['step']} steps in {summary['wall_time_s']:.0f} s; EMA model in {summary['final_dir']}"
+        )
+    return 0
