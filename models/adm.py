@@ -177,12 +177,7 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:
-            h = self.in_layers[0](x)
-        else:
-            # GroupNorm(x * m) recomputed in the backward pass: it then saves x (kept alive by the skip
-            # anyway) instead of a second, masked copy, so routing costs no activation memory
-            h = checkpoint(self._masked_norm, x, mask.to(x.dtype)[:, :, None, None], use_reentrant=False)
+        h = self.in_layers[0](x if mask is None else x * mask.to(x.dtype)[:, :, None, None])
         h = self.in_layers[1](h)
         if self.updown:
             h = self.in_layers[2](self.h_upd(h))
@@ -197,9 +192,6 @@ class ResBlock(nn.Module):
         else:
             h = self.out_layers(h + emb_out)
         return self.skip_connection(x) + h
-
-    def _masked_norm(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.in_layers[0](x * mask)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
