@@ -121,6 +121,21 @@ def test_loss_is_mean_of_cluster_losses_and_clusters_match_per_sample():
     assert torch.bincount(cluster, minlength=5).tolist() == [2, 2, 2, 2, 2]
 
 
+def test_backward_writes_the_uw_weighted_gradient():
+    model = tiny("dit_t_uw_k5")
+    model.net.eval()  # no label dropout: both evaluations see the same labels
+    x0, y = torch.randn(10, 1, 8, 8), torch.randint(0, 10, (10,))
+    out = model.loss(x0, y, generator=torch.Generator().manual_seed(0))
+    model.backward(out)
+    got = model.net.final_layer.linear.weight.grad.clone()
+    # UW at s = 0: total = sum_i 0.5 * L_i / K, so the gradient is half the mean-cluster-loss gradient
+    model.net.zero_grad()
+    again = model.loss(x0, y, t=out.t, noise=out.noise)
+    (0.5 * again.cluster_losses.mean()).backward()
+    assert model.net.pos_embed.grad is None
+    torch.testing.assert_close(got, model.net.final_layer.linear.weight.grad)
+
+
 def test_loss_reproducible_with_same_t_and_noise():
     model = tiny("dit_t_dtr")
     model.eval()

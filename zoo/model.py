@@ -231,6 +231,11 @@ class DiffusionModel(nn.Module):
             cluster_losses = self.clusters.reduce(per_sample, t)
         return LossOutput(cluster_losses.mean(), cluster_losses, per_sample, t, noise, terms["mse"])
 
+    def backward(self, out: LossOutput, scaler: Any = None) -> dict[str, Any]:
+        """The balancer's update for one `loss` output: writes `.grad` of the net's trainable parameters."""
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        return self.balancer.backward(out.cluster_losses, params, scaler=scaler)
+
     # ------------------------------------------------------------------ sampling
 
     @property
