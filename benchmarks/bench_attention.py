@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import interleaved_timings, peak_memory_bytes, report
+from benchmarks.common import report, side_by_side
 from models.dit import DIT_SIZES, Attention
 
 BATCH = 8
@@ -47,18 +47,13 @@ def run(quick: bool = False) -> dict:
                 max_diff = (sdpa(x) - math(x)).abs().max().item()
             for mode, make in (("forward", _forward), ("forward+backward", _train_step)):
                 candidates = {"sdpa": make(sdpa, x), "math": make(math, x)}
-                timings = interleaved_timings(candidates, repeats=repeats, warmup=1 if quick else 2)
-                memory = {name: peak_memory_bytes(fn) for name, fn in candidates.items()}
+                pair = side_by_side(candidates, repeats=repeats, warmup=1 if quick else 2)
                 rows.append(
                     {
                         "width": f"DiT-{size} ({hidden}/{heads}h)",
                         "tokens": tokens,
                         "mode": mode,
-                        "sdpa_ms": 1e3 * timings["sdpa"]["median"],
-                        "math_ms": 1e3 * timings["math"]["median"],
-                        "time_ratio": timings["sdpa"]["median"] / timings["math"]["median"],
-                        "sdpa_peak_MiB": memory["sdpa"] / 2**20,
-                        "math_peak_MiB": memory["math"] / 2**20,
+                        **pair,
                         "max_abs_diff": max_diff,
                     }
                 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import interleaved_timings, peak_memory_bytes, report
+from benchmarks.common import report, side_by_side
 from models.dit import DiT, dit_config
 from zoo.convert import diffusers_config_from_dit, dit_to_diffusers
 
@@ -67,20 +67,8 @@ def run(quick: bool = False) -> dict:
         inputs = (x, t, y)
         for mode, make in (("forward", _forward), ("forward+backward", _train_step)):
             candidates = {"ours": make(ours, ours_out, inputs), "diffusers": make(theirs, theirs_out, inputs)}
-            timings = interleaved_timings(candidates, repeats=repeats, warmup=1 if quick else 2)
-            memory = {name: peak_memory_bytes(fn) for name, fn in candidates.items()}
-            rows.append(
-                {
-                    "model": f"DiT-{size}/2",
-                    "mode": mode,
-                    "ours_ms": 1e3 * timings["ours"]["median"],
-                    "diffusers_ms": 1e3 * timings["diffusers"]["median"],
-                    "time_ratio": timings["ours"]["median"] / timings["diffusers"]["median"],
-                    "ours_peak_MiB": memory["ours"] / 2**20,
-                    "diffusers_peak_MiB": memory["diffusers"] / 2**20,
-                    "max_abs_diff": max_diff,
-                }
-            )
+            pair = side_by_side(candidates, repeats=repeats, warmup=1 if quick else 2)
+            rows.append({"model": f"DiT-{size}/2", "mode": mode, **pair, "max_abs_diff": max_diff})
     return report(
         "backbone",
         f"DiT vs diffusers DiTTransformer2DModel, batch {BATCH}, 32x32x4, {device.type} (ratio < 1: ours faster)",

@@ -65,6 +65,25 @@ def interleaved_timings(
     return {name: summarize(values) for name, values in samples.items()}
 
 
+def side_by_side(
+    candidates: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2
+) -> dict[str, float]:
+    """Two candidates A and B timed interleaved, then their peak memory: the columns of a ratio row.
+
+    Returns `{A}_ms`, `{B}_ms`, `time_ratio` (A / B, medians), `{A}_peak_MiB`, `{B}_peak_MiB`.
+    """
+    first, second = candidates
+    timings = interleaved_timings(candidates, repeats=repeats, warmup=warmup)
+    memory = {name: peak_memory_bytes(fn) for name, fn in candidates.items()}
+    return {
+        f"{first}_ms": 1e3 * timings[first]["median"],
+        f"{second}_ms": 1e3 * timings[second]["median"],
+        "time_ratio": timings[first]["median"] / timings[second]["median"],
+        f"{first}_peak_MiB": memory[first] / 2**20,
+        f"{second}_peak_MiB": memory[second] / 2**20,
+    }
+
+
 def summarize(values: Sequence[float]) -> dict[str, float]:
     """Median and spread of repeated measurements."""
     ordered = sorted(values)
