@@ -258,6 +258,12 @@ def save_pretrained(
     return directory
 
 
+_NO_TOKEN = (
+    "pushing to {repo_id} needs a Hugging Face token with write access: set HF_TOKEN, run `hf auth login` "
+    "or pass token=...; nothing was uploaded"
+)
+
+
 def push_to_hub(
     model,
     repo_id: str,
@@ -269,9 +275,11 @@ def push_to_hub(
     """Save into a temporary folder and upload it with HfApi (same layout as save_pretrained)."""
     import tempfile
 
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_token
 
-    api = HfApi(token=token)
+    if not (token or get_token()):
+        raise PermissionError(_NO_TOKEN.format(repo_id=repo_id))
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)  # read now, like the downloads
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, tmp, card=card)
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -281,12 +289,14 @@ def push_to_hub(
 
 def push_folder(directory: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Upload an existing zoo weights folder (the `zoo push DIR REPO` command)."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_token
 
     read_config(directory)
     if not (Path(directory) / WEIGHTS_NAME).exists():
         raise FileNotFoundError(f"{Path(directory) / WEIGHTS_NAME} not found")
-    api = HfApi(token=token)
+    if not (token or get_token()):
+        raise PermissionError(_NO_TOKEN.format(repo_id=repo_id))
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)  # read now, like the downloads
     api.create_repo(repo_id, private=private, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(directory), commit_message="Upload model")
     return str(getattr(info, "commit_url", info))
