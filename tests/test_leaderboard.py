@@ -18,13 +18,16 @@ needs_shipped = pytest.mark.skipif(not SHIPPED, reason="no shipped models (run s
 
 
 @needs_shipped
-@pytest.mark.parametrize("recipe", sorted(SHIPPED))
-def test_shipped_weights_load_through_pretrained_and_match_their_sha256(recipe):
-    entry = SHIPPED[recipe]
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_weights_load_through_pretrained_and_match_their_sha256(name):
+    entry = SHIPPED[name]
+    recipe, tag = name.split(".")
+    assert (entry["arch"], entry["tag"], entry["file"]) == (recipe, tag, name)
     folder = PACKAGE_WEIGHTS / entry["file"]
     assert sha256_of(folder / "model.safetensors") == entry["sha256"]
-    model = zoo.create(f"{recipe}.digits", pretrained=True)
-    assert model.sample_shape == (1, 8, 8) and model.num_classes == 10
+    model = zoo.create(name, pretrained=True)
+    size = {"digits": 8, "mnist": 28}[tag]
+    assert model.sample_shape == (1, size, size) and model.num_classes == 10
     from safetensors.torch import load_file
 
     stored = load_file(str(folder / "model.safetensors"))
@@ -35,7 +38,7 @@ def test_shipped_weights_load_through_pretrained_and_match_their_sha256(recipe):
 
 @needs_shipped
 def test_leaderboard_writes_json_and_markdown_with_protocols(tmp_path):
-    name = f"{sorted(SHIPPED)[0]}.digits"
+    name = sorted(n for n in SHIPPED if n.endswith(".digits"))[0]
     settings = leaderboard.LeaderboardSettings(samples=20, steps=2, kid_subsets=3)
     payload = leaderboard.run_leaderboard(
         settings, out=tmp_path, names=[name], tag="test", npz_dir=tmp_path / "npz"
@@ -45,7 +48,7 @@ def test_leaderboard_writes_json_and_markdown_with_protocols(tmp_path):
     written = json.loads((tmp_path / "leaderboard_test.json").read_text())
     (row,) = written["results"]
     protocol = row["protocol"]
-    assert protocol["model"] == name and protocol["weights_sha256"] == SHIPPED[name.split(".")[0]]["sha256"]
+    assert protocol["model"] == name and protocol["weights_sha256"] == SHIPPED[name]["sha256"]
     assert (protocol["sampler"], protocol["steps"], protocol["num_samples"], protocol["seed"]) == (
         "ddim",
         2,

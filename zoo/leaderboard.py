@@ -1,8 +1,8 @@
 """`zoo leaderboard`: every matching shipped model evaluated under ONE protocol, with sample grids and
 FID-against-training-step curves from the checkpoints of the training runs.
 
-Metrics come from zoo.evaluate on the shipped digits classifier's features, against the digits test
-split. Every row records its protocol (zoo.evaluate.Protocol); rows without one are never shown.
+Metrics come from zoo.evaluate on the shipped classifier's features of the data set (digits or MNIST),
+against that data set's test split. Every row records its protocol (zoo.evaluate.Protocol); rows without one are never shown.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from zoo import evaluate
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 METRIC_COLUMNS = ("fid", "kid", "precision", "recall", "inception_score", "class_accuracy")
-SUPPORTED_DATA = ("digits",)
+SUPPORTED_DATA = ("digits", "mnist")
 
 
 @dataclass
@@ -55,12 +55,12 @@ class Evaluator:
     """Holds the extractor and the reference features; evaluates models under one protocol."""
 
     def __init__(self, settings: LeaderboardSettings, npz_dir: Path | None = None) -> None:
-        from zoo.classifier import load_digits_classifier
+        from zoo.classifier import load_classifier
         from zoo.data import load_dataset
 
         self.settings = settings
         self.npz_dir = npz_dir
-        self.extractor = load_digits_classifier()
+        self.extractor = load_classifier(settings.data)
         reference = load_dataset(settings.data, split="test")
         self.reference_name = f"{settings.data}:test ({len(reference)} images)"
         self.reference = evaluate.extract(self.extractor, reference.images)
@@ -252,7 +252,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(curves: list[dict[str, Any]], path: Path) -> Path:
+def plot_curves(curves: list[dict[str, Any]], path: Path, data: str = "digits") -> Path:
     """FID against training step, one line per recipe (mean over seeds, band = min..max)."""
     import matplotlib
 
@@ -271,7 +271,7 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> Path:
             steps, [min(per_step[s]) for s in steps], [max(per_step[s]) for s in steps], alpha=0.12
         )
     axis.set_xlabel("training step")
-    axis.set_ylabel("FID (digits classifier features)")
+    axis.set_ylabel(f"FID ({data} classifier features)")
     axis.set_yscale("log")
     axis.legend(fontsize=7, ncol=2)
     axis.grid(alpha=0.3)
@@ -310,7 +310,7 @@ def run_leaderboard(
         curve_evaluator = Evaluator(curve_settings)
         payload["curves"] = evaluate_runs(curve_evaluator, Path(runs), settings.models.split(".")[0])
         payload["seed_summary"] = summarize_seeds(payload["curves"])
-        plot_curves(payload["curves"], out / f"{stem}_fid_vs_step.png")
+        plot_curves(payload["curves"], out / f"{stem}_fid_vs_step.png", settings.data)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (out / f"{stem}.md").write_text(render_markdown(payload))
@@ -324,17 +324,19 @@ def write_cards(payload: dict[str, Any]) -> None:
     from zoo.pretrained_shipped import SHIPPED_MANIFEST
 
     manifest = json.loads(SHIPPED_MANIFEST.read_text())
+    from zoo.pretrained_shipped import DATA_DESCRIPTIONS
+
     for row in payload["results"]:
-        recipe = row["model"].split(".")[0]
-        entry = manifest[recipe]
+        recipe, tag = row["model"].split(".", 1)
+        entry = manifest[row["model"]]
         entry["results"] = {m: round(row[m], 5) for m in METRIC_COLUMNS if m in row}
         entry["evaluation"] = row["protocol"]
         folder = PACKAGE_WEIGHTS / entry["file"]
         config = json.loads((folder / "config.json").read_text())
         card = {
             "name": row["model"],
-            "description": f"{recipe} trained by this project on the 8x8 digits (EMA weights of seed 0).",
-            "datasets": ["digits"],
+            "description": f"{recipe} trained by this project on {DATA_DESCRIPTIONS[tag]} (EMA weights of seed 0).",
+            "datasets": [tag],
             "command": entry["command"],
             "recipe": entry["recipe"],
             "results": entry["results"],
