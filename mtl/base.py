@@ -16,6 +16,12 @@ Conventions shared by every method:
   must hold the same number of samples of every cluster (stratified timestep sampling does this);
   then the mean of the local cluster losses is the union-batch cluster loss and every method below
   computes the weights of the union batch.
+* FSDP (``torch.distributed.fsdp.fully_shard``): parameters that are DTensors are FSDP's. Their
+  gradients are averaged by FSDP's reduce-scatter, so the final backward is a plain
+  ``backward()`` (it writes ``.grad`` of every parameter the loss reaches) and the balancer
+  averages only the gradients of ordinary tensors (e.g. UW's log-variances). What the methods
+  reduce besides gradients (cluster losses, per-layer cluster gradients of the Gram matrix) is
+  still averaged by the balancer, so the weights stay those of the union batch.
 * Clipping (``max_grad_norm``): applied to the total norm of the params' ``.grad`` after the
   balancer has written it (in the scaled domain the threshold is multiplied by the scale).
 """
@@ -29,6 +35,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # torch built without distributed support
+    _DTensor = None
 
 
 def world_size() -> int:
@@ -45,6 +56,39 @@ def all_reduce_mean_(tensor: Tensor) -> Tensor:
         dist.all_reduce(tensor)
         tensor.div_(processes)
     return tensor
+
+
+def is_sharded(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor, e.g. a parameter (or its gradient) sharded by FSDP's ``fully_shard``."""
+    return _DTensor is not None and isinstance(tensor, _DTensor)
+
+
+def grad_norm(params: Iterable[Tensor]) -> Tensor:
+    """Total 2-norm of the params' ``.grad`` as an ordinary tensor, FSDP-sharded (DTensor) gradients included.
+
+    Sharded norms are completed over their mesh, so every process gets the same value.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if is_sharded(g)]
+    if not sharded:
+        return torch.nn.utils.get_total_norm(grads)
+    norms = [torch.nn.utils.get_total_norm(sharded).full_tensor()]
+    plain = [g for g in grads if not is_sharded(g)]
+    if plain:
+        norms.append(torch.nn.utils.get_total_norm(plain).to(norms[0].device))
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` that also takes a mix of FSDP-sharded and ordinary parameters."""
+    params = [p for p in params if p.grad is not None]
+    if not any(is_sharded(p.grad) for p in params):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norm = grad_norm(params)
+    for group in ([p for p in params if is_sharded(p.grad)], [p for p in params if not is_sharded(p.grad)]):
+        if group:  # foreach kernels take DTensors or tensors, not both
+            torch.nn.utils.clip_grads_with_norm_(group, max_norm, norm)
+    return norm
 
 
 def loss_scale(scaler: Any | None) -> float:
@@ -134,7 +178,9 @@ class Balancer(nn.Module):
     def _write_grads(self, loss: Tensor, params: list[Tensor], scaler: Any | None) -> dict:
         """Backward ``loss`` into ``params`` (scaled; averaged over processes), then clip if asked."""
         loss = scaled(loss, scaler)
-        if world_size() == 1:
+        if any(is_sharded(param) for param in params):
+            self._fsdp_backward(loss, params)
+        elif world_size() == 1:
             torch.autograd.backward(loss, inputs=params)
         else:
             grads = torch.autograd.grad(loss, params, materialize_grads=True)
@@ -142,9 +188,29 @@ class Balancer(nn.Module):
             add_to_grads(params, flat.split([param.numel() for param in params]))
         return self._clip(params, scaler)
 
+    @staticmethod
+    def _fsdp_backward(loss: Tensor, params: list[Tensor]) -> None:
+        """FSDP: one plain backward; FSDP averages the sharded params' gradients, the rest are averaged here.
+
+        The ordinary tensors' earlier ``.grad`` (gradient accumulation) is set aside, so only this
+        backward's share is averaged, then added back.
+        """
+        plain = [param for param in params if not is_sharded(param)]
+        earlier = [param.grad for param in plain]
+        for param in plain:
+            param.grad = None
+        torch.autograd.backward(loss)
+        if not plain:
+            return
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in plain]
+        flat = all_reduce_mean_(torch.cat([grad.reshape(-1) for grad in grads]))
+        for param, grad, old in zip(plain, flat.split([p.numel() for p in plain]), earlier):
+            grad = grad.reshape(param.shape).to(param.dtype)
+            param.grad = grad if old is None else old.add_(grad)
+
     def _clip(self, params: list[Tensor], scaler: Any | None) -> dict:
         if self.max_grad_norm is None:
             return {}
         scale = loss_scale(scaler)
-        norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm * scale)
+        norm = clip_grad_norm(params, self.max_grad_norm * scale)
         return {"grad_norm_before_clip": (norm / scale).detach(), "grad_clip": self.max_grad_norm}

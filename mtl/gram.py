@@ -11,6 +11,12 @@ them. Parameter gradients are not computed on that pass. Cost: one forward (shar
 plus about one backward (input gradients + K cluster weight-gradients); extra memory: the K
 gradients of the largest layer. :func:`cluster_jacobian` is the slow exact reference (K backwards,
 K x P memory).
+
+Under FSDP (``fully_shard``) the hooks see the full, all-gathered weights during compute and the
+layers' activations are local, so the K cluster weight-gradients of a layer are this process's
+share; they are averaged over processes before their products, as without FSDP. The FSDP
+parameters swap between sharded DTensors and unsharded tensors, so they are matched by their slot
+in the module (not by identity), and the params passed must then be all the net's trainable ones.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Balancer, add_to_grads, all_reduce_mean_, loss_scale, scaled
+from .base import Balancer, add_to_grads, all_reduce_mean_, is_sharded, loss_scale, scaled
 
 
 def cluster_jacobian(cluster_losses: Tensor, params: list[Tensor]) -> Tensor:
@@ -53,6 +59,7 @@ class _Call:
     inputs: tuple
     output: Tensor
     root: bool
+    params: dict[str, Tensor]  # the module's parameters as the forward used them (FSDP: unsharded)
     done: bool = False
 
 
@@ -119,7 +126,7 @@ class GramCapture:
             )
         root = not any(isinstance(a, Tensor) and a.requires_grad for a in args)
         inputs = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
-        self._calls.append(_Call(module, inputs, output, root))
+        self._calls.append(_Call(module, inputs, output, root, dict(module._parameters)))
 
     # ---- the Gram pass ---------------------------------------------------------------------------
     def gram(self, total_loss: Tensor, params: Iterable[Tensor]) -> Tensor:
@@ -129,7 +136,10 @@ class GramCapture:
         processes the per-layer cluster gradients are averaged before their products are taken, so
         the Gram matrix is that of the union batch.
         """
+        params = list(params)
         wanted = {id(p) for p in params}
+        if any(is_sharded(p) for p in params):
+            wanted = None  # FSDP: every trainable slot of the net (parameter identities change)
         calls, self._calls = self._calls, []
         if not calls:
             raise RuntimeError("GramCapture recorded no forward: run the forward inside `with capture:`")
@@ -138,7 +148,7 @@ class GramCapture:
             counts[id(call.module)] = counts.get(id(call.module), 0) + 1
         pending = {key: _Pending(n) for key, n in counts.items() if n > 1}
         gram = torch.zeros(self.k, self.k, dtype=torch.float64, device=total_loss.device)
-        covered: set[int] = set()
+        covered: set[Any] = set()
 
         def consume(call: _Call, grad: Tensor | None) -> None:
             call.done = True
@@ -180,6 +190,14 @@ class GramCapture:
             )
             for call, grad in zip(missed, grads):
                 consume(call, grad)
+        if wanted is None:
+            if len(covered) != len(params):
+                raise ValueError(
+                    f"{len(params)} FSDP-sharded parameter tensor(s) were passed to backward but the "
+                    f"captured forward used {len(covered)} trainable parameter slot(s); under FSDP pass "
+                    "exactly the network's trainable parameters"
+                )
+            return gram
         uncovered = [p for p in params if id(p) not in covered] if len(covered) < len(wanted) else []
         if uncovered:
             raise ValueError(
@@ -188,17 +206,22 @@ class GramCapture:
             )
         return gram
 
-    def _cluster_grads(self, call: _Call, grad: Tensor, wanted: set[int], covered: set[int]) -> Tensor | None:
-        """(K, n) cluster gradients of the module's own parameters that are in ``wanted``."""
+    def _cluster_grads(
+        self, call: _Call, grad: Tensor, wanted: set[int] | None, covered: set[Any]
+    ) -> Tensor | None:
+        """(K, n) cluster gradients of the module's own parameters that are in ``wanted`` (None: all)."""
         module = call.module
         names = [
             name
-            for name, p in module._parameters.items()
-            if p is not None and p.requires_grad and id(p) in wanted
+            for name, p in call.params.items()
+            if p is not None and p.requires_grad and (wanted is None or id(p) in wanted)
         ]
         if not names:
             return None
-        covered.update(id(module._parameters[name]) for name in names)
+        if wanted is None:
+            covered.update((id(module), name) for name in names)
+        else:
+            covered.update(id(call.params[name]) for name in names)
         compute = torch.promote_types(grad.dtype, torch.float32)
         if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
             pieces = self._linear(module, call.inputs[0], grad, names, compute)
@@ -268,7 +291,7 @@ class GramCapture:
 
     def _generic(self, call: _Call, grad: Tensor, names: list[str], dtype: torch.dtype) -> list[Tensor]:
         """Any other module: K vector-Jacobian products through the module's own recorded graph."""
-        params = [call.module._parameters[name] for name in names]
+        params = [call.params[name] for name in names]
         shape = (self.batch_size,) + (1,) * (grad.dim() - 1)
         rows = []
         self._local = True
@@ -336,6 +359,11 @@ class GramBalancer(Balancer):
             coefficients = self.weights.to(cluster_losses.dtype)
             logs.update(self._write_grads((coefficients * cluster_losses).sum(), params, scaler))
         elif self.engine == "autograd":
+            if any(is_sharded(p) for p in params):
+                raise ValueError(
+                    "engine='autograd' differentiates each cluster loss w.r.t. full parameters, which "
+                    "FSDP-sharded parameters are not; use engine='hooks' (the default) under FSDP"
+                )
             jacobian = all_reduce_mean_(cluster_jacobian(scaled(cluster_losses, scaler), params))
             scale = loss_scale(scaler)
             gram = (jacobian.to(torch.float64) @ jacobian.T.to(torch.float64)) / scale**2

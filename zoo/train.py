@@ -6,6 +6,10 @@ clipped, the optimiser steps, the EMA follows, and balancers that ask for it (FA
 same batch. Every random stream is seeded and checkpointed (data order, the timestep/noise
 generator, the global torch RNG that drives label dropout, numpy and python), so a run interrupted
 at step k and resumed reproduces the uninterrupted run bit for bit on CPU.
+
+Several processes (torchrun): plain data parallel by default (the balancers average the gradients),
+or `--fsdp`: the net and its EMA are sharded per block (zoo/distributed.py), FSDP averages the
+gradients, and checkpoints are still full state dicts written by rank 0.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mtl.base import clip_grad_norm, grad_norm
 from zoo.checkpoint import (
     capture_rng_state,
     list_checkpoints,
@@ -40,7 +45,13 @@ from zoo.distributed import (
     DistributedContext,
     all_reduce_mean,
     broadcast_module,
+    full_optimizer_state_dict,
+    full_state_dict,
     init_distributed,
+    load_full_optimizer_state_dict,
+    load_full_state_dict,
+    reshard,
+    shard_model,
 )
 from zoo.ema import EMA
 from zoo.images import save_grid
@@ -162,13 +173,11 @@ class Trainer:
                 config.device if not config.device.startswith("cuda") else f"cuda:{self.context.local_rank}"
             )
         )
-        if config.fsdp:
+        self.fsdp = config.fsdp
+        if self.fsdp and not self.context.enabled:
             raise ValueError(
-                "--fsdp shards the model over GPUs and needs CUDA (expected --device cuda)"
-                if self.device.type != "cuda"
-                else "--fsdp is not available yet: the balancers average full per-parameter gradients across "
-                "processes themselves (mtl/base.py), which FSDP's sharded gradients do not provide; use plain data "
-                "parallel (torchrun without --fsdp) with --grad-checkpointing and bf16 to save memory"
+                "--fsdp shards the model over the processes of a torchrun launch and this is a single "
+                "process; launch several (torchrun --nproc-per-node N -m zoo train ... --fsdp) or drop --fsdp"
             )
         self.run_dir = Path(config.out)
         self.dataset = (
@@ -186,9 +195,23 @@ class Trainer:
             model.net.grad_checkpointing = True
         self.model = model.to(self.device).train()
         self._check_data_fits()
+        if self.fsdp and getattr(self.model.balancer, "engine", None) == "autograd":
+            raise ValueError(
+                "--fsdp needs the Gram balancers' hook engine: engine='autograd' differentiates w.r.t. full "
+                "parameters, which FSDP shards (drop the engine override)"
+            )
+        if self.fsdp and config.precision == "fp16" and self.model.balancer.parameter_groups():
+            raise ValueError(
+                f"--fsdp with --precision fp16 cannot train the {self.model.balancer.name!r} balancer's own "
+                "parameters: GradScaler unscales FSDP-sharded and ordinary gradients in one kernel; use "
+                "--precision bf16 (FSDP mixed precision) or fp32"
+            )
         broadcast_module(self.model)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.ema = EMA(self.model.net, config.ema, shadow=self.ema_model.net)
+        if self.fsdp:  # the EMA is sharded like the weights it follows: each rank averages its own shard
+            shard_model(self.model.net, param_dtype=torch.bfloat16 if config.precision == "bf16" else None)
+            shard_model(self.ema_model.net)
         if config.compile:
             self.model.net.compile()
         balancer_groups = list(self.model.balancer.parameter_groups())
@@ -278,7 +301,7 @@ class Trainer:
                 finite = False
                 break
             cluster_sum += out.cluster_losses.detach().float()
-            # the balancer accumulates into .grad and averages it over processes itself (mtl/base.py)
+            # the balancer accumulates into .grad and averages it over processes (itself, or FSDP: mtl/base.py)
             logs.update(_floats(balancer.backward(out.cluster_losses, self.params, self.scaler) or {}))
         if finite:
             if micro > 1:
@@ -303,6 +326,8 @@ class Trainer:
             x_last, y_last, t_last, noise_last = used[-1]
             with torch.no_grad(), self._autocast():
                 again = model.loss(x_last, y_last, t=t_last, noise=noise_last).cluster_losses
+            if self.fsdp:
+                reshard(model.net)
             logs.update(_floats(balancer.after_step(again) or {}))
         cluster_losses = all_reduce_mean(cluster_sum / micro, self.context.world_size)
         return {
@@ -315,11 +340,11 @@ class Trainer:
         }
 
     def _grad_norm(self) -> torch.Tensor:
-        """Total gradient norm of the net, clipped to `grad_clip` when that is positive."""
+        """Total gradient norm of the net, clipped to `grad_clip` when that is positive (same on every rank)."""
         params = [p for p in self.params if p.grad is not None]
         if self.config.grad_clip > 0:
-            return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        return torch.nn.utils.get_total_norm([p.grad for p in params])
+            return clip_grad_norm(params, self.config.grad_clip)
+        return grad_norm(params)
 
     def _skip_step(self) -> dict[str, Any]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -349,12 +374,21 @@ class Trainer:
             rng_per_rank = gathered
         else:
             rng_per_rank = [rng]
+        if self.fsdp:  # gathered to full tensors on rank 0: the layout of a one-process checkpoint
+            net, ema = full_state_dict(self.model.net), full_state_dict(self.ema_model.net)
+            optimizer = full_optimizer_state_dict(self.optimizer)
+        else:
+            net, ema, optimizer = (
+                self.model.net.state_dict(),
+                self.ema.state_dict(),
+                self.optimizer.state_dict(),
+            )
         return {
             "step": self.step,
-            "net": self.model.net.state_dict(),
-            "ema": self.ema.state_dict(),
+            "net": net,
+            "ema": ema,
             "balancer": self.model.balancer.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "data_order": {"epoch": self.data_order.epoch, "position": self.data_order.position},
             "rng": rng_per_rank,
@@ -367,10 +401,15 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict`; RNG streams are exact only for the same world size."""
-        self.model.net.load_state_dict(state["net"])
-        self.ema.load_state_dict(state["ema"])
+        if self.fsdp:  # every rank holds the full checkpoint and keeps its own shards
+            load_full_state_dict(self.model.net, state["net"])
+            load_full_state_dict(self.ema_model.net, state["ema"])
+            load_full_optimizer_state_dict(self.optimizer, state["optimizer"])
+        else:
+            self.model.net.load_state_dict(state["net"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.model.balancer.load_state_dict(state["balancer"])
-        self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -442,7 +481,10 @@ class Trainer:
         return torch.arange(self.config.sample_n) % num_classes
 
     def sample_grid(self, path: Path) -> Path:
-        """Draw the EMA model's grid with a fixed seed and labels, leaving every training RNG untouched."""
+        """Draw the EMA model's grid with a fixed seed and labels, leaving every training RNG untouched.
+
+        Under FSDP every rank draws (the sharded EMA's forward is a collective) and rank 0 writes.
+        """
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
@@ -455,6 +497,10 @@ class Trainer:
                 guidance=self.config.sample_cfg,
                 generator=generator,
             )
+        if self.fsdp:
+            reshard(self.ema_model.net)
+            if not self.context.is_main:
+                return path
         nrow = int(getattr(self.model.net, "num_classes", 0) or 0) or math.isqrt(self.config.sample_n)
         upscale = max(1, 64 // images.shape[-1])
         return save_grid(images.clamp(-1, 1), path, nrow=min(nrow, self.config.sample_n), upscale=upscale)
@@ -539,7 +585,8 @@ class Trainer:
                     self._log(
                         {"step": self.step, **logs, "samples_per_s": samples_per_s, "elapsed": self.elapsed}
                     )
-                if config.sample_every and self.step % config.sample_every == 0 and self.context.is_main:
+                sampling_rank = self.context.is_main or self.fsdp
+                if config.sample_every and self.step % config.sample_every == 0 and sampling_rank:
                     self.sample_grid(self.run_dir / "samples" / f"step-{self.step:08d}.png")
                 if self._should_stop():
                     stopped_by = signal.Signals(self._stop_signal or signal.SIGTERM).name
@@ -560,7 +607,8 @@ class Trainer:
         }
         if stopped_by is None:
             self.save()
-            summary["final_dir"] = str(self.finish()) if self.context.is_main else None
+            final = self.finish() if self.context.is_main or self.fsdp else None
+            summary["final_dir"] = str(final) if self.context.is_main else None
         if self._log_file is not None:
             self._log_file.close()
         if self._tensorboard is not None:
@@ -568,7 +616,10 @@ class Trainer:
         return summary
 
     def finish(self) -> Path:
-        """Save the EMA model as RUN_DIR/final (zoo layout, with a card recording the run) and its grid."""
+        """Save the EMA model as RUN_DIR/final (zoo layout, with a card recording the run) and its grid.
+
+        Under FSDP every rank calls it (gathering the EMA weights and sampling are collectives); rank 0 writes.
+        """
         final = self.run_dir / "final"
         card = {
             "description": f"{self.config.model} trained with the zoo trainer on {self.config.data}.",
@@ -590,7 +641,9 @@ class Trainer:
             },
             "load_name": f"local-dir:{final}",
         }
-        self.ema_model.save_pretrained(final, card=card)
+        weights = full_state_dict(self.ema_model.net) if self.fsdp else None
+        if self.context.is_main:
+            self.ema_model.save_pretrained(final, card=card, state_dict=weights)
         self.sample_grid(final / "samples.png")
         return final
 
@@ -612,7 +665,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward")
-    parser.add_argument("--fsdp", action="store_true", help="shard the model over GPUs (not available yet)")
+    parser.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard weights, gradients, optimiser state and EMA over the torchrun processes "
+        "(FSDP2, one unit per block; needs >= 2 processes; checkpoints stay full)",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--out", default=None, help="run folder (default runs/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
