@@ -25,6 +25,9 @@ TRAINING = {
     "digits": {"epochs": 60, "batch": 64, "lr": 3e-3},
     "mnist": {"epochs": 4, "batch": 128, "lr": 3e-3},
 }
+#: architecture per data set: MNIST keeps a 4x4 grid before the feature layer (global pooling of 28x28
+#: maps lost too much layout: 94.5 % test accuracy instead of ~99 %)
+ARCHITECTURE = {"digits": {}, "mnist": {"pool": 4}}
 
 
 def classifier_dir(data: str) -> Path:
@@ -40,11 +43,12 @@ CARD_FILE = "README.md"
 class DigitsClassifier(nn.Module):
     """conv-conv-pool-conv-pool -> `num_features` features -> class logits, for (N, C, H, W) images in [-1, 1].
 
-    The global average pool makes it size-agnostic: the same architecture serves 8x8 digits and 28x28 MNIST.
+    The adaptive average pool (to `pool` x `pool`) makes it size-agnostic: 8x8 digits use pool 1 (global),
+    28x28 MNIST pool 4.
     """
 
     def __init__(
-        self, in_channels: int = 1, num_classes: int = 10, width: int = 16, num_features: int = 64
+        self, in_channels: int = 1, num_classes: int = 10, width: int = 16, num_features: int = 64, pool: int = 1
     ) -> None:
         super().__init__()
         self.config = {
@@ -52,6 +56,7 @@ class DigitsClassifier(nn.Module):
             "num_classes": num_classes,
             "width": width,
             "num_features": num_features,
+            "pool": pool,
         }
         self.num_features = num_features
         self.name = "digits_classifier"
@@ -64,9 +69,9 @@ class DigitsClassifier(nn.Module):
             nn.AvgPool2d(2),
             nn.Conv2d(2 * width, 2 * width, 3, padding=1),
             nn.GELU(),
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(pool),
             nn.Flatten(),
-            nn.Linear(2 * width, num_features),
+            nn.Linear(2 * width * pool * pool, num_features),
             nn.GELU(),
         )
         self.head = nn.Linear(num_features, num_classes)
@@ -110,7 +115,7 @@ def train_classifier(
     train, test = load_dataset(data, split="train"), load_dataset(data, split="test")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = DigitsClassifier(in_channels=train.channels, num_classes=train.num_classes)
+    model = DigitsClassifier(in_channels=train.channels, num_classes=train.num_classes, **ARCHITECTURE[data])
     model.name = f"{data}_classifier"
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = -(-len(train) // batch)
@@ -206,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = args.out or str(classifier_dir(args.data))
+    shown = f"zoo/pretrained/{args.data}_classifier"  # the default, as the card should show it
     settings = {**TRAINING[args.data], **({"epochs": args.epochs} if args.epochs is not None else {})}
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, test_accuracy = train_classifier(args.data, seed=args.seed, **settings)
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             "augmentation": "random 1-pixel shifts",
             "seed": args.seed,
         },
-        "command": f"python -m zoo.classifier --data {args.data} --out {out} --epochs {settings['epochs']} "
+        "command": f"python -m zoo.classifier --data {args.data} --out {args.out or shown} --epochs {settings['epochs']} "
         f"--seed {args.seed}",
     }
     save_classifier(model, out, facts)
