@@ -223,6 +223,13 @@ class DiffusionModel(nn.Module):
                 else torch.randn_like(x0)
             )
         sample_cluster = self.clusters.cluster_of(t)
+        # taken before the forward: under FSDP a forward swaps the root's parameters for unsharded views,
+        # and one without grad (an evaluation) leaves them so; reshard first, so these are the DTensor shards
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            from zoo.distributed import reshard
+
+            reshard(self.net)
+        self._trainable = [p for p in self.net.parameters() if p.requires_grad]
         with self.balancer.capture(self.net, sample_cluster):
             terms = self.diffusion.training_losses(self.net, x0, t, y, noise=noise)
             per_sample = terms["loss"]
@@ -233,7 +240,7 @@ class DiffusionModel(nn.Module):
 
     def backward(self, out: LossOutput, scaler: Any = None) -> dict[str, Any]:
         """The balancer's update for one `loss` output: writes `.grad` of the net's trainable parameters."""
-        params = [p for p in self.net.parameters() if p.requires_grad]
+        params = getattr(self, "_trainable", None) or [p for p in self.net.parameters() if p.requires_grad]
         return self.balancer.backward(out.cluster_losses, params, scaler=scaler)
 
     # ------------------------------------------------------------------ sampling
