@@ -537,7 +537,11 @@ def test_guidance_batching_matches_separate_passes_and_training_drops_labels():
     x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([100, 700]), torch.tensor([3, 5])
     null = torch.full_like(y, net.num_classes)
     batched = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-    torch.testing.assert_close(batched, torch.cat([net(x, t, y), net(x, t, null)]), rtol=1e-5, atol=1e-5)
+    cond, uncond = net(x, t, y), net(x, t, null)
+    # oneDNN picks batch-size-dependent fp32 conv kernels (seen ~2e-5 apart); a batching error (labels
+    # swapped or dropped) moves outputs by the cond/uncond gap, which is far above the tolerance
+    assert (cond - uncond).abs().max() > 1e-2
+    torch.testing.assert_close(batched, torch.cat([cond, uncond]), rtol=1e-4, atol=1e-4)
 
     net.class_dropout_prob = 0.5
     xs, ts, ys = x[:1].expand(64, -1, -1, -1), t[:1].expand(64), y[:1].expand(64)
