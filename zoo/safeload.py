@@ -116,7 +116,11 @@ class _DataUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise UnsafeArchiveError(f"{self.source}: unknown persistent id {pid!r:.80}")
         _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
+        if (
+            not isinstance(storage_type, _StorageType)
+            or not isinstance(key, str)
+            or not isinstance(numel, int)
+        ):
             raise UnsafeArchiveError(f"{self.source}: malformed storage record {pid!r:.80}")
         if key not in self.storages:
             record = f"{self.prefix}data/{key}"
