@@ -15,8 +15,11 @@ import copy
 import fnmatch
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
@@ -148,16 +151,59 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+def offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it (when it is imported): no network for Hub nor URL weights."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def network_timeout(variable: str = "HF_HUB_DOWNLOAD_TIMEOUT") -> float:
+    """Seconds a connection or a read may stall: huggingface_hub's HF_HUB_DOWNLOAD_TIMEOUT (reads) or
+    HF_HUB_ETAG_TIMEOUT (metadata), read at call time; default 10."""
+    raw = os.environ.get(variable)
+    try:
+        value = float(raw) if raw else 10.0
+    except ValueError:
+        raise ValueError(f"{variable}={raw!r}: expected a number of seconds > 0") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{variable}={raw!r}: expected a number of seconds > 0")
+    return value
+
+
 def download_url(url: str, sha256: str | None = None) -> Path:
-    """Download `url` into the cache (once) and check its hash; file:// URLs work for local mirrors."""
+    """Download `url` into the cache (once) and check its hash; file:// URLs work for local mirrors.
+
+    Honours HF_HUB_OFFLINE (only the cache and file:// are read) and stops when the server does not
+    answer a connection or a read within `network_timeout()` seconds, naming the URL.
+    """
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme not in ("http", "https", "file"):
+        raise ValueError(f"{url}: unsupported URL scheme {scheme!r}; expected http, https or file")
     name = os.path.basename(urllib.parse.urlparse(url).path) or "download"
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
     target = _cache_dir() / "url" / key / name
     if not target.exists():
+        if scheme != "file" and offline():
+            raise ConnectionError(
+                f"{url}: HF_HUB_OFFLINE is set and the file is not in the cache ({target}); nothing was downloaded"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(target.suffix + ".part")
-        with urllib.request.urlopen(url) as response, open(tmp, "wb") as out:  # noqa: S310 (user-given weight URL)
-            shutil.copyfileobj(response, out)
+        timeout = network_timeout()
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:  # noqa: S310
+                shutil.copyfileobj(response, out)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(reason, TimeoutError):
+                raise TimeoutError(
+                    f"{url}: no answer within {timeout:g} s (HF_HUB_DOWNLOAD_TIMEOUT); nothing was kept"
+                ) from exc
+            if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+                raise ConnectionError(f"{url}: {reason}") from exc
+            raise
         os.replace(tmp, target)
     try:
         verify_sha256(target, sha256)
@@ -165,6 +211,40 @@ def download_url(url: str, sha256: str | None = None) -> Path:
         target.unlink(missing_ok=True)  # never keep a bad file in the cache
         raise
     return target
+
+
+def hub_download(
+    repo_id: str, filename: str, subfolder: str | None = None, revision: str | None = None
+) -> Path:
+    """`hf_hub_download` (cache, HF_HUB_OFFLINE, HF_ENDPOINT) that fails fast when the endpoint stalls.
+
+    huggingface_hub retries a metadata request that timed out for about a minute when nothing is
+    cached; so when the file is not cached, one metadata request with HF_HUB_ETAG_TIMEOUT comes first,
+    and a server that does not answer it is an error naming the URL.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.utils import HfHubHTTPError
+
+    endpoint = os.environ.get("HF_ENDPOINT")
+    timeout = network_timeout("HF_HUB_ETAG_TIMEOUT")
+    relative = f"{subfolder}/{filename}" if subfolder else filename
+    if not offline() and not isinstance(try_to_load_from_cache(repo_id, relative, revision=revision), str):
+        url = hf_hub_url(repo_id, filename, subfolder=subfolder, revision=revision, endpoint=endpoint)
+        try:
+            get_hf_file_metadata(url, timeout=timeout)
+        except HfHubHTTPError:
+            raise  # the Hub answered (not found, gated, ...): its own error names the URL
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
+                raise TimeoutError(
+                    f"{url}: no answer within {timeout:g} s (HF_HUB_ETAG_TIMEOUT); nothing was downloaded"
+                ) from exc
+            raise ConnectionError(f"{url}: {type(exc).__name__}: {exc}") from exc
+    return Path(
+        hf_hub_download(
+            repo_id, filename, subfolder=subfolder, revision=revision, endpoint=endpoint, etag_timeout=timeout
+        )
+    )
 
 
 def resolve_file(cfg: PretrainedCfg) -> Path:
@@ -180,19 +260,9 @@ def resolve_file(cfg: PretrainedCfg) -> Path:
             return path
         errors.append(f"file {path} does not exist")
     if cfg.hf_hub_id:
-        from huggingface_hub import hf_hub_download
-
         filename = cfg.hf_filename or WEIGHTS_NAME
         try:
-            path = Path(
-                hf_hub_download(
-                    cfg.hf_hub_id,
-                    filename,
-                    subfolder=cfg.hf_subfolder,
-                    revision=cfg.hf_revision,
-                    endpoint=os.environ.get("HF_ENDPOINT"),
-                )
-            )
+            path = hub_download(cfg.hf_hub_id, filename, subfolder=cfg.hf_subfolder, revision=cfg.hf_revision)
             verify_sha256(path, cfg.sha256)
             return path
         except CorruptWeightsError:
@@ -221,9 +291,52 @@ def read_config(directory: str | Path) -> dict[str, Any]:
             f"{path} not found: a zoo weights folder holds {CONFIG_NAME}, {WEIGHTS_NAME}, {CARD_NAME}"
         )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    from zoo.validate import validate_config
+
+    return validate_config(config, str(path))
+
+
+_CARD_SHA256 = re.compile(r"model\.safetensors sha256 \| `([0-9a-fA-F]{64})`")
+
+
+def recorded_sha256(folder: str | Path, config: dict[str, Any] | None = None) -> tuple[str, Path] | None:
+    """The sha256 a weights folder records for its model.safetensors (config.json `sha256`, or the model
+    card's `model.safetensors sha256` row) and the file that records it; None when neither does."""
+    folder = Path(folder)
+    value = (config or {}).get("sha256")
+    if isinstance(value, str) and value:
+        return value, folder / CONFIG_NAME
+    card = folder / CARD_NAME
+    if card.is_file():
+        match = _CARD_SHA256.search(card.read_text(errors="replace"))
+        if match:
+            return match.group(1), card
+    return None
+
+
+def load_folder(folder: str | Path, config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The weights of a zoo weights folder, checked against the sha256 its config or card records."""
+    folder = Path(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"{weights} not found: a zoo weights folder holds {CONFIG_NAME}, {WEIGHTS_NAME}"
+        )
+    recorded = recorded_sha256(folder, config)
+    if recorded:
+        try:
+            verify_sha256(weights, recorded[0])
+        except CorruptWeightsError as exc:
+            raise CorruptWeightsError(f"{exc} (the sha256 recorded in {recorded[1]})") from None
+    state_dict = load_safetensors(weights)
+    if config is not None:
+        from zoo.validate import check_learn_sigma
+
+        check_learn_sigma(config, state_dict, str(folder / CONFIG_NAME))
+    return state_dict
 
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -303,12 +416,9 @@ def push_folder(directory: str | Path, repo_id: str, private: bool = False, toke
 
 
 def _hub_folder(repo_id: str, revision: str | None = None) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    endpoint = os.environ.get("HF_ENDPOINT")
-    config = hf_hub_download(repo_id, CONFIG_NAME, revision=revision, endpoint=endpoint)
-    hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, endpoint=endpoint)
-    return Path(config).parent
+    config = hub_download(repo_id, CONFIG_NAME, revision=revision)
+    hub_download(repo_id, WEIGHTS_NAME, revision=revision)
+    return config.parent
 
 
 # ------------------------------------------------------------------------------ create
@@ -322,9 +432,8 @@ def _state_dict_from_source(cfg: PretrainedCfg) -> tuple[dict[str, torch.Tensor]
     if cfg.format == "zoo":
         if path.is_dir():
             config = read_config(path)
-            weights = path / WEIGHTS_NAME
-            verify_sha256(weights, cfg.sha256)
-            return load_safetensors(weights), config
+            verify_sha256(path / WEIGHTS_NAME, cfg.sha256)
+            return load_folder(path, config), config
         return load_safetensors(path), None
     if cfg.format == "diffusers":
         size = int(cfg.overrides.get("input_size", 32))
@@ -345,6 +454,8 @@ def _state_dict_from_source(cfg: PretrainedCfg) -> tuple[dict[str, torch.Tensor]
 def _location_config(spec: str) -> tuple[dict[str, Any], Path]:
     """`local-dir:PATH`, `hf-hub:org/name[@rev]` or a folder path -> (config, folder)."""
     if spec.startswith("local-dir:"):
+        if not spec[len("local-dir:") :]:
+            raise ValueError("local-dir: needs a folder, e.g. local-dir:path/to/weights")
         folder = Path(spec[len("local-dir:") :]).expanduser()
     elif spec.startswith("hf-hub:"):
         repo, _, revision = spec[len("hf-hub:") :].partition("@")
@@ -354,10 +465,28 @@ def _location_config(spec: str) -> tuple[dict[str, Any], Path]:
     return read_config(folder), folder
 
 
-def _is_location(value: Any) -> bool:
-    return isinstance(value, (str, Path)) and (
-        str(value).startswith(("local-dir:", "hf-hub:")) or Path(str(value)).expanduser().exists()
+def is_location(value: Any) -> bool:
+    """A weights location, never a registry name: `local-dir:`, `hf-hub:`, a Path, or a string written as a
+    path (absolute, `./x`, `../x`, `~/x`, or holding a `/`). A folder in the current directory named like a
+    model (`./dit_t`) therefore never shadows the registry's `dit_t`."""
+    if isinstance(value, Path):
+        return True
+    if not isinstance(value, str):
+        return False
+    return (
+        value.startswith(("local-dir:", "hf-hub:", "~"))
+        or value in (".", "..")
+        or os.path.isabs(value)
+        or "/" in value
+        or os.sep in value
     )
+
+
+def _path_hint(value: Any) -> str:
+    """A hint for a registry miss whose text also names a file or folder here."""
+    if isinstance(value, str) and value and Path(value).exists():
+        return f" ({value!r} is read as a registry name; to load the file or folder of that name write ./{value} or local-dir:{value})"
+    return ""
 
 
 def create(
@@ -377,15 +506,24 @@ def create(
     """
     from zoo.model import DiffusionModel
 
-    if _is_location(name):
+    if is_location(name):
         config, folder = _location_config(str(name))
         if overrides:
             raise TypeError(f"overrides {sorted(overrides)} cannot change a model loaded from {name}")
+        state_dict = load_folder(folder, config)
         model = DiffusionModel(config)
-        _load_into(model, load_safetensors(folder / WEIGHTS_NAME), strict=strict, source=str(folder))
+        _load_into(model, state_dict, strict=strict, source=str(folder))
         return model
 
-    parsed = parse_name(name)
+    try:
+        parsed = parse_name(name)
+        if parsed.tag:
+            get_pretrained_cfg(parsed.full_name)  # an unknown tag is an error, whatever `pretrained` says
+    except UnknownModelError as exc:
+        hint = _path_hint(name)
+        if hint:
+            raise UnknownModelError(f"{exc}{hint}") from None
+        raise
     state_dict: dict[str, torch.Tensor] | None = None
     source_config: dict[str, Any] | None = None
     source = None
@@ -400,8 +538,7 @@ def create(
         state_dict, source = pretrained, "state dict"
     elif pretrained:
         spec = str(pretrained)
-        if _is_location(spec):
-            folder = None
+        if is_location(pretrained):
             if spec.endswith(".safetensors") and Path(spec).is_file():
                 state_dict = load_safetensors(spec)
             elif spec.endswith((".pt", ".pth", ".bin")) and Path(spec).is_file():
@@ -410,22 +547,28 @@ def create(
                 state_dict = convert.load_original_dit_checkpoint(spec)
             else:
                 source_config, folder = _location_config(spec)
-                state_dict = load_safetensors(folder / WEIGHTS_NAME)
+                state_dict = load_folder(folder, source_config)
             source = spec
         else:  # a tag of this arch, or another arch.tag (finetuning plain weights into a recipe)
             key = spec if "." in spec else f"{parsed.arch_name}.{spec}"
             try:
                 cfg = get_pretrained_cfg(key)
             except UnknownModelError:
-                cfg = (
-                    get_pretrained_cfg(f"{parsed.backbone}.{spec}")
-                    if "." not in spec
-                    else get_pretrained_cfg(spec)
-                )
+                try:
+                    cfg = (
+                        get_pretrained_cfg(f"{parsed.backbone}.{spec}")
+                        if "." not in spec
+                        else get_pretrained_cfg(spec)
+                    )
+                except UnknownModelError as exc:
+                    raise UnknownModelError(f"pretrained={spec!r}: {exc}{_path_hint(spec)}") from None
             state_dict, source_config, source = *_state_dict_from_source(cfg), cfg.name
             overrides = {**cfg.overrides, **_vae_override(cfg), **overrides}
     if source_config is not None:
         overrides = {**_backbone_overrides_from(source_config, parsed.backbone), **overrides}
+    from zoo.validate import check_recipe
+
+    check_recipe(parsed, overrides)
     model = DiffusionModel.from_name(parsed, **overrides)
     if state_dict is not None:
         _load_into(model, state_dict, strict=strict, source=source, interpolate=interpolate_pos_embed)
@@ -455,9 +598,14 @@ def _backbone_overrides_from(source_config: dict[str, Any], backbone: str) -> di
 def _load_into(
     model, state_dict: dict[str, torch.Tensor], strict: bool, source: str | None, interpolate: bool = False
 ) -> None:
-    """Load a backbone state dict, handling a different class count and position-embedding size."""
+    """Load a backbone state dict, handling a different class count and position-embedding size.
+
+    Weights that are not floating point where the model's are (int8, bool, ...) or hold NaN/inf are refused."""
+    from zoo.validate import check_weights
+
     net = model.net
     own = net.state_dict()
+    check_weights(state_dict, str(source), expected=own)
     state_dict = dict(state_dict)
     table = "y_embedder.embedding_table.weight"
     if table in state_dict and table in own and state_dict[table].shape != own[table].shape:

@@ -8,14 +8,15 @@ import torch
 
 from zoo.diffusion import GaussianDiffusion
 from zoo.hub import _PRETRAINED, _load_builtin_configs
-from zoo.model import _arch_class, config_from_name
-from zoo.registry import parse_name
+from zoo.model import _arch_class
+from zoo.validate import check_name
 
 
 def describe(name: str, **overrides: Any) -> dict[str, Any]:
-    parsed = parse_name(name)
-    config = config_from_name(parsed, **overrides)
-    config.pop("_affinity", None)
+    """Accepts exactly the names `zoo.create` accepts (`zoo.validate.check_name`: unknown tags and configs
+    that cannot build are errors), with the tag's settings applied."""
+    parsed, _, config = check_name(name, **overrides)
+    affinity = config.pop("_affinity", None)
     kwargs = config["backbone"]["kwargs"]
     with torch.device("meta"):
         net = _arch_class(config["backbone"]["arch"])(**kwargs)
@@ -30,13 +31,17 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
     dcfg = config["diffusion"]
     snr = GaussianDiffusion(dcfg["schedule"], dcfg["num_timesteps"], dcfg["learn_sigma"]).snr
     ccfg = config["clustering"]
-    clusters = (
-        None
-        if ccfg["objective"] == "affinity"
-        else clustering.interval_clustering(
+    if ccfg["objective"] == "affinity":
+        clusters = clustering.interval_clustering(
+            ccfg["k"],
+            "affinity",
+            affinity=torch.as_tensor(affinity, dtype=torch.float64),
+            num_timesteps=dcfg["num_timesteps"],
+        ).intervals
+    else:
+        clusters = clustering.interval_clustering(
             ccfg["k"], ccfg["objective"], snr=snr, num_timesteps=dcfg["num_timesteps"]
         ).intervals
-    )
     _load_builtin_configs()
     weights = [
         {"name": cfg.name, "license": cfg.license, "format": cfg.format, "results": cfg.results}

@@ -214,10 +214,13 @@ def parse_name(name: str) -> ModelName:
             if weighting is not None:
                 raise UnknownModelError(f"{name!r} names two weightings ({weighting!r}, {token!r}); pick one")
             weighting = token
-    if pending and re.fullmatch(r"k\d+", pending[0]):
-        k = int(pending.pop(0)[1:])
+    if pending and re.fullmatch(r"k[0-9]+", pending[0]):  # ASCII digits only (\d would take '５', '٥')
+        digits = pending.pop(0)[1:]
+        k = int(digits)
         if k < 1:
-            raise UnknownModelError(f"{name!r}: the number of clusters must be >= 1, got k{k}")
+            raise UnknownModelError(f"{name!r}: the number of clusters must be >= 1, got k{digits}")
+        if digits != str(k):
+            raise UnknownModelError(f"{name!r}: write the number of clusters without leading zeros: k{k}")
         if pending and pending[0] in objective_names():
             objective = pending.pop(0)
     if pending:
