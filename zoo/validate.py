@@ -240,3 +240,67 @@ def check_name(name: str, **overrides: Any) -> tuple[Any, dict[str, Any], dict[s
         cfg = get_pretrained_cfg(parsed.full_name)
         overrides = {**cfg.overrides, **_vae_override(cfg), **overrides}
     return parsed, overrides, check_recipe(parsed, overrides)
+
+
+# ------------------------------------------------------------------------------ command-line numbers
+
+
+def int_at_least(low: int):
+    """An argparse type: an int >= low (argparse names the flag and exits 2 before any work)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def finite_float(low: float | None = None, high: float | None = None, note: str = ""):
+    """An argparse type: a finite float in [low, high] (NaN and inf are refused)."""
+    import argparse
+
+    bounds = (
+        f"in [{low:g}, {high:g}]"
+        if low is not None and high is not None
+        else f">= {low:g}"
+        if low is not None
+        else "any"
+    )
+    expected = f"a finite number {bounds}" + (f" ({note})" if note else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if (
+            not math.isfinite(value)
+            or (low is not None and value < low)
+            or (high is not None and value > high)
+        ):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = expected
+    return parse
+
+
+def check_sampling_numbers(guidance: Any, eta: Any) -> None:
+    """Guidance a finite number >= 0 (1 = none) and DDIM eta in [0, 1]: NaN would draw black images."""
+    import numbers
+
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance):
+        raise ValueError(f"guidance must be a finite number >= 0 (1 = no guidance), got {guidance!r}")
+    if guidance < 0:
+        raise ValueError(f"guidance must be a finite number >= 0 (1 = no guidance), got {guidance!r}")
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not (0.0 <= eta <= 1.0):
+        raise ValueError(
+            f"eta must be a number in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}"
+        )
