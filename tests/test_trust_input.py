@@ -775,3 +775,20 @@ def test_decompression_bombs_are_skipped_and_named_like_unreadable_files(tmp_pat
     with pytest.raises(BadDataError, match="cannot be decoded") as error:
         list(images.batches(4))
     assert str(warning_bomb) in str(error.value) or str(error_bomb) in str(error.value)
+
+
+def test_zoo_info_reads_weights_folders_as_create_does(saved_folder, tmp_path, capsys):
+    import shutil
+
+    assert main(["info", str(saved_folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = zoo.create(f"local-dir:{saved_folder}")
+    assert info["parameters"] == sum(p.numel() for p in model.net.parameters() if p.requires_grad)
+    assert info["backbone_kwargs"]["input_size"] == 8 and info["clusters"] == [[0, 999]]
+    folder = tmp_path / "w"
+    shutil.copytree(saved_folder, folder)
+    (folder / "config.json").write_text("[]")
+    assert main(["info", f"local-dir:{folder}"]) == 2
+    assert str(folder / "config.json") in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        zoo.create(f"local-dir:{folder}")

@@ -15,7 +15,15 @@ from zoo.validate import check_name
 def describe(name: str, **overrides: Any) -> dict[str, Any]:
     """Accepts exactly the names `zoo.create` accepts (`zoo.validate.check_name`: unknown tags and configs
     that cannot build are errors), with the tag's settings applied."""
-    parsed, _, config = check_name(name, **overrides)
+    from zoo.hub import _location_config, is_location
+
+    if is_location(name):  # a weights folder: its (validated) config.json, as `zoo.create` reads it
+        if overrides:
+            raise TypeError(f"overrides {sorted(overrides)} cannot change a model loaded from {name}")
+        config, _ = _location_config(str(name))
+        parsed = _parts_of(config)
+    else:
+        parsed, _, config = check_name(name, **overrides)
     affinity = config.pop("_affinity", None)
     kwargs = config["backbone"]["kwargs"]
     with torch.device("meta"):
@@ -31,7 +39,9 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
     dcfg = config["diffusion"]
     snr = GaussianDiffusion(dcfg["schedule"], dcfg["num_timesteps"], dcfg["learn_sigma"]).snr
     ccfg = config["clustering"]
-    if ccfg["objective"] == "affinity":
+    if ccfg.get("intervals"):
+        clusters = [list(interval) for interval in ccfg["intervals"]]
+    elif ccfg["objective"] == "affinity":
         clusters = clustering.interval_clustering(
             ccfg["k"],
             "affinity",
@@ -66,3 +76,18 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
         "mtl": config["mtl"],
         "weights": weights,
     }
+
+
+def _parts_of(config: dict[str, Any]) -> Any:
+    """The name parts a saved config records (what `describe` reports for a weights folder)."""
+    from zoo.registry import ModelName
+
+    clusters = config["clustering"]
+    return ModelName(
+        backbone=config["backbone"]["name"],
+        routing=(config.get("routing") or {}).get("name"),
+        balancer=config["mtl"]["name"] if config["mtl"]["name"] != "linear" else None,
+        weighting=(config.get("weighting") or {}).get("name"),
+        k=clusters["k"] if clusters["k"] > 1 or clusters.get("objective") != "uniform" else None,
+        objective=clusters.get("objective"),
+    )
