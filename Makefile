@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench lint install clean gpu-wheels gpu-check-dry
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,18 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks
+
+# Wheels the GPU machine lacks, for its Python 3.12 / torch 2.11 (benchmarks/NOTES.md, "GPU check"):
+# xformers 0.0.35 (torch>=2.10; attention through PyTorch's own kernels), 3.2 MB, git-ignored.
+GPU_WHEELS := xformers==0.0.35
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d benchmarks/wheels $(GPU_WHEELS)
+	ls -l benchmarks/wheels
+
+gpu-check-dry: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu_check.py --dry-run
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -17,12 +17,17 @@ layers' activations are local, so the K cluster weight-gradients of a layer are 
 share; they are averaged over processes before their products, as without FSDP. The FSDP
 parameters swap between sharded DTensors and unsharded tensors, so they are matched by their slot
 in the module (not by identity), and the params passed must then be all the net's trainable ones.
+
+Under ``torch.compile`` the hooks cannot see the module outputs inside compiled regions (their backward
+is one fused node), so a capture around a compiled network runs that forward eagerly
+(``torch.compiler.set_stance("force_eager")``, warned once); steps without a capture stay compiled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +52,29 @@ def cosine_matrix(gram: Tensor) -> Tensor:
     norms = gram.diagonal().clamp_min(0).sqrt()
     denominator = torch.outer(norms, norms)
     return torch.where(denominator > 0, gram / denominator.clamp_min(1e-300), torch.zeros_like(gram))
+
+
+def _is_compiled(net: nn.Module) -> bool:
+    """Whether ``net`` or one of its modules runs through ``torch.compile`` (``.compile()`` or a wrapper)."""
+    return any(
+        getattr(module, "_compiled_call_impl", None) is not None or hasattr(module, "_orig_mod")
+        for module in net.modules()
+    )
+
+
+_COMPILED_WARNED = False
+
+
+def _warn_compiled_once() -> None:
+    global _COMPILED_WARNED
+    if not _COMPILED_WARNED:
+        _COMPILED_WARNED = True
+        warnings.warn(
+            "GramCapture: the network is torch.compile'd, and the Gram hooks need the eager module outputs; "
+            "the forwards of Gram update steps run eagerly (the other steps stay compiled)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _direct_params(module: nn.Module) -> list[Tensor]:
@@ -82,6 +110,7 @@ class GramCapture:
     _calls: list[_Call] = field(default_factory=list)
     _handles: list[Any] = field(default_factory=list)
     _local: bool = False
+    _stance: Any = None
 
     def __post_init__(self) -> None:
         cluster = self.sample_cluster
@@ -99,6 +128,12 @@ class GramCapture:
         self.index = [torch.nonzero(cluster == c).flatten() for c in range(self.k)]
 
     def __enter__(self) -> GramCapture:
+        if _is_compiled(self.net):
+            # AOTAutograd fuses each compiled region's backward into one node, so the module outputs the
+            # hooks record there get no gradient of their own and the Gram matrix comes out wrong
+            # (silently). The hooks cannot work inside compiled code: this forward runs eagerly instead.
+            _warn_compiled_once()
+            self._stance = torch.compiler.set_stance("force_eager")
         for module in self.net.modules():
             if _direct_params(module):
                 self._handles.append(module.register_forward_hook(self._record))
@@ -108,6 +143,9 @@ class GramCapture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._stance is not None:
+            self._stance.__exit__(None, None, None)
+            self._stance = None
 
     def _record(self, module: nn.Module, args: tuple, output: Any) -> None:
         if not torch.is_grad_enabled():
