@@ -131,8 +131,8 @@ def discretized_gaussian_log_likelihood(
     """Elementwise log-probability of data in [-1, 1] quantised to 256 bins under N(mean, exp(log_scale)^2).
 
     Each value owns the bin x +- 1/255; the two edge bins extend to -inf and +inf.
-    `normal_cdf="exact"` uses the exact normal CDF, with each bin mass taken on the tail where it does
-    not cancel. `normal_cdf="adm"` computes it as the released ADM / DiT code does: the tanh
+    `normal_cdf="exact"` uses the exact normal CDF, each bin mass taken on the tail where it does not
+    cancel and through log Phi (accurate far into the tails). `normal_cdf="adm"` computes it as the released ADM / DiT code does: the tanh
     approximation `approx_standard_normal_cdf`, Phi(u) - Phi(l) directly, and the edge-bin masses floored
     at 1e-12 like the middle one. Both floor the middle-bin probability at 1e-12, as ADM does.
     """
@@ -149,13 +149,14 @@ def discretized_gaussian_log_likelihood(
         log_high_edge = torch.log((1.0 - cdf_lower).clamp(min=1e-12))
         log_mid = torch.log((cdf_upper - cdf_lower).clamp(min=1e-12))
         return torch.where(x < -0.999, log_low_edge, torch.where(x > 0.999, log_high_edge, log_mid))
-    # Phi(u) - Phi(l) computed on the tail where it does not cancel: Phi(-l) - Phi(-u) when l > 0.
-    bin_mass = torch.where(
-        lower > 0,
-        torch.special.ndtr(-lower) - torch.special.ndtr(-upper),
-        torch.special.ndtr(upper) - torch.special.ndtr(lower),
-    )
-    log_mid = torch.log(bin_mass.clamp(min=1e-12))
+    # log(Phi(u) - Phi(l)) on the tail where it does not cancel (Phi(-l) - Phi(-u) when l > 0), from
+    # log Phi, which stays accurate far into the tails: log Phi(hi) + log(1 - exp(log Phi(lo) - log Phi(hi))).
+    positive = lower > 0
+    hi = torch.where(positive, -lower, upper)
+    lo = torch.where(positive, -upper, lower)
+    log_hi = torch.special.log_ndtr(hi)
+    log_mass = log_hi + torch.log(-torch.expm1(torch.special.log_ndtr(lo) - log_hi))
+    log_mid = log_mass.clamp(min=math.log(1e-12))
     return torch.where(
         x < -0.999,
         torch.special.log_ndtr(upper),

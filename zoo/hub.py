@@ -281,7 +281,7 @@ def push_to_hub(
         raise PermissionError(_NO_TOKEN.format(repo_id=repo_id))
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)  # read now, like the downloads
     with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model, tmp, card=card)
+        model.save_pretrained(tmp, card=card)  # the model's own: mtl.safetensors (balancer state) too
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
     return str(getattr(info, "commit_url", info))
