@@ -466,3 +466,17 @@ def test_recipes_default_to_the_adm_cdf_and_keep_exact_as_an_option():
         losses[process.normal_cdf] = vb
     relative = ((losses["adm"] - losses["exact"]) / losses["exact"]).abs().max()
     assert 1e-5 < relative < 0.05, relative  # a fraction of a percent
+
+
+def test_a_trained_run_publishes_its_trained_balancer_state(tmp_path):
+    from tests.test_train import tiny_config
+    from zoo.train import Trainer
+
+    trainer = Trainer(tiny_config(tmp_path, model="dit_t_uw_k5", steps=3))
+    trainer.fit()
+    trained = trainer.model.balancer.log_vars.detach()
+    assert not torch.equal(trained, torch.zeros(5))
+    published = zoo.DiffusionModel.from_pretrained(tmp_path / "run" / "final")
+    torch.testing.assert_close(published.balancer.log_vars, trained, atol=0, rtol=0)
+    for key, value in published.net.state_dict().items():  # the EMA weights, as before
+        assert torch.equal(value, trainer.ema.state_dict()[key]), key

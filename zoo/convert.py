@@ -368,6 +368,13 @@ def export_diffusers(model: Any, directory: str | os.PathLike[str], vae: Any = "
     shift = float(kwargs.get("timestep_freq_shift", 0.0))
     if shift not in (0.0, 1.0):
         raise ValueError(f"timestep_freq_shift={shift}: diffusers' Timesteps supports 0 or 1 only")
+    grid = int(kwargs["input_size"]) // int(kwargs["patch_size"])
+    fixed = sincos_pos_embed_2d(int(kwargs["hidden_size"]), grid).float().unsqueeze(0)
+    if not torch.allclose(model.net.pos_embed.detach().cpu().float(), fixed, atol=1e-6):
+        raise ValueError(
+            f"{model.config['name']}: pos_embed is not the fixed 2-D sin-cos embedding, which diffusers "
+            "recomputes instead of loading: the export would change the outputs"
+        )
     transformer = diffusers.DiTTransformer2DModel(**config)
     transformer.load_state_dict(dit_to_diffusers(model.net), strict=True)
     transformer.eval()
