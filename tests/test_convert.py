@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,3 +190,186 @@ def test_strip_dtr_mask_buffers_checks_then_drops_the_tables():
         strip_dtr_mask_buffers(state, wrong)
     with pytest.raises(ValueError, match="differs from ours in shape"):
         strip_dtr_mask_buffers(state, torch.ones(1000, 16))
+
+
+# ------------------------------------------------------------------------------ zoo convert, both ways
+
+
+def foreign_dit(seed: int = 0, **config):
+    """A diffusers DiT with random weights (shared embedders identical across blocks, as converted)."""
+    torch.manual_seed(seed)
+    model = diffusers.DiTTransformer2DModel(**{**DIFFUSERS_CONFIG, **config}).eval()
+    state = model.state_dict()
+    with torch.no_grad():
+        for value in state.values():
+            value.normal_(0.0, 0.1)
+        for key, value in state.items():
+            if ".norm1.emb." in key and not key.startswith("transformer_blocks.0."):
+                value.copy_(state["transformer_blocks.0." + key.split(".", 2)[2]])
+    return model
+
+
+NON_STANDARD = {  # hidden 128 and depth 4 are DiT-T's, everything else is not the registered DiT-T/2
+    "8 heads, patch 4, 7 classes, 12x12": dict(
+        num_attention_heads=8,
+        attention_head_dim=16,
+        num_layers=4,
+        patch_size=4,
+        num_embeds_ada_norm=7,
+        sample_size=12,
+    ),
+    "2 heads, patch 1, 3 classes, 6x6, 3 channels, fixed sigma": dict(
+        num_attention_heads=2,
+        attention_head_dim=64,
+        num_layers=4,
+        patch_size=1,
+        num_embeds_ada_norm=3,
+        sample_size=6,
+        in_channels=3,
+        out_channels=3,
+    ),
+    "unregistered width and depth, --name dit_t": dict(
+        num_attention_heads=3,
+        attention_head_dim=16,
+        num_layers=2,
+        patch_size=2,
+        num_embeds_ada_norm=5,
+        sample_size=4,
+    ),
+}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("case", list(NON_STANDARD))
+def test_convert_builds_from_the_full_diffusers_config(tmp_path, case):
+    import zoo
+    from zoo.cli import main
+
+    theirs = foreign_dit(**NON_STANDARD[case])
+    theirs.save_pretrained(tmp_path / "src" / "transformer")
+    extra = ["--name", "dit_t"] if "unregistered" in case else []
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "zoo"), *extra]) == 0
+    model = zoo.create(f"local-dir:{tmp_path / 'zoo'}").eval()
+    config = theirs.config
+    kwargs = model.config["backbone"]["kwargs"]
+    assert kwargs["num_heads"] == config.num_attention_heads and kwargs["patch_size"] == config.patch_size
+    assert kwargs["input_size"] == config.sample_size and model.num_classes == config.num_embeds_ada_norm
+    assert kwargs["learn_sigma"] == (config.out_channels == 2 * config.in_channels)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(3, config.in_channels, config.sample_size, config.sample_size, generator=generator)
+    t = torch.tensor([0, 321, 999])
+    y = torch.tensor([0, config.num_embeds_ada_norm - 1, config.num_embeds_ada_norm])  # last: null class
+    expected = theirs(x, timestep=t, class_labels=y).sample
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(model(x, t, y), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_convert_of_an_unregistered_size_asks_for_a_name(tmp_path, capsys):
+    from zoo.cli import main
+
+    foreign_dit(**NON_STANDARD["unregistered width and depth, --name dit_t"]).save_pretrained(
+        tmp_path / "src"
+    )
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "zoo")]) == 2
+    assert "pass --name BACKBONE" in capsys.readouterr().err
+
+
+def perturbed(model):
+    with torch.no_grad():
+        for key, param in model.net.named_parameters():
+            if key != "pos_embed":  # fixed sin-cos, recomputed by diffusers
+                param.normal_(0.0, 0.1)
+    return model.eval()
+
+
+@torch.no_grad()
+def test_export_to_diffusers_loads_with_equal_outputs(tmp_path):
+    import zoo
+    from zoo.cli import main
+    from zoo.convert import set_diffusers_timestep_shift
+
+    x, t, y = batch()
+    # diffusers' timestep spacing (a model converted from diffusers): equal as loaded
+    model = perturbed(
+        zoo.create("dit_t", input_size=8, in_channels=4, num_classes=10, timestep_freq_shift=1.0)
+    )
+    model.save_pretrained(tmp_path / "shift1")
+    with pytest.warns(UserWarning, match="null class"):
+        assert main(["convert", "--to", "diffusers", str(tmp_path / "shift1"), str(tmp_path / "d1")]) == 0
+    loaded = diffusers.DiTTransformer2DModel.from_pretrained(tmp_path / "d1" / "transformer").eval()
+    torch.testing.assert_close(loaded(x, t, y).sample, model(x, t, y), atol=1e-5, rtol=1e-5)
+    # the original spacing (every model trained here): said so, and equal once the spacing is set
+    model = perturbed(zoo.create("dit_t", input_size=8, in_channels=4, num_classes=10))
+    model.save_pretrained(tmp_path / "shift0")
+    with pytest.warns(UserWarning) as record:
+        assert main(["convert", "--to", "diffusers", str(tmp_path / "shift0"), str(tmp_path / "d0")]) == 0
+    assert any("set_diffusers_timestep_shift" in str(w.message) for w in record)
+    notes = json.loads((tmp_path / "d0" / "conversion.json").read_text())["notes"]
+    assert any("downscale_freq_shift=0" in note for note in notes)
+    loaded = diffusers.DiTTransformer2DModel.from_pretrained(tmp_path / "d0" / "transformer").eval()
+    assert (loaded(x, t, y).sample - model(x, t, y)).abs().max() > 1e-3
+    set_diffusers_timestep_shift(loaded, 0)
+    torch.testing.assert_close(loaded(x, t, y).sample, model(x, t, y), atol=1e-5, rtol=1e-5)
+
+
+def test_export_refuses_a_routed_model(tmp_path, capsys):
+    import zoo
+    from zoo.cli import main
+    from zoo.convert import export_diffusers
+
+    routed = perturbed(zoo.create("dit_t_dtr", input_size=8, in_channels=4, num_classes=10))
+    with pytest.raises(ValueError, match=r"dit_t_dtr is routed \(dtr.*no routing"):
+        export_diffusers(routed, tmp_path / "out")
+    with pytest.raises(ValueError, match="is routed"):
+        dit_to_diffusers(routed.net)
+    assert not (tmp_path / "out").exists()
+    routed.save_pretrained(tmp_path / "routed")
+    assert main(["convert", "--to", "diffusers", str(tmp_path / "routed"), str(tmp_path / "out2")]) == 2
+    assert "is routed" in capsys.readouterr().err
+    adm = zoo.create("adm_t")
+    with pytest.raises(ValueError, match="only DiT backbones"):
+        export_diffusers(adm, tmp_path / "out3")
+
+
+def tiny_vae(folder):
+    """A tiny random AutoencoderKL built here (4 latent channels, no downsampling), saved to folder."""
+    torch.manual_seed(3)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(8,),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=8,
+    )
+    vae.save_pretrained(folder)
+    return folder
+
+
+@torch.no_grad()
+def test_dit_pipeline_runs_an_exported_latent_model_as_the_zoo_samples_it(tmp_path):
+    import zoo
+    from zoo.convert import set_diffusers_timestep_shift
+
+    vae = {"repo": str(tiny_vae(tmp_path / "vae")), "scale": 0.5}
+    model = perturbed(zoo.create("dit_t", input_size=8, in_channels=4, num_classes=10, vae=vae))
+    with pytest.warns(UserWarning):
+        zoo.convert.export_diffusers(model, tmp_path / "pipe")
+    pipe = diffusers.DiTPipeline.from_pretrained(tmp_path / "pipe")
+    assert pipe.vae.config.scaling_factor == 0.5 and isinstance(pipe.scheduler, diffusers.DDIMScheduler)
+    set_diffusers_timestep_shift(pipe.transformer, 0)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        class_labels=[1, 7],
+        guidance_scale=1.0,
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    ours = model.sample(labels=[1, 7], steps=4, sampler="ddim", seed=0)  # decoded by the same VAE
+    ours = (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert images.shape == (2, 8, 8, 3) and images.std() > 0.01
+    np.testing.assert_allclose(images, ours, atol=2e-4)

@@ -14,6 +14,7 @@ from zoo.hub import (
     PretrainedCfg,
     create,
     get_pretrained_cfg,
+    is_model,
     list_pretrained,
     register_pretrained,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "create",
     "describe",
     "get_pretrained_cfg",
+    "is_model",
     "list_backbones",
     "list_models",
     "list_pretrained",

@@ -49,7 +49,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from zoo.convert_cli import convert_to_zoo
+    from zoo.convert_cli import convert_to_diffusers, convert_to_zoo
+
+    if args.to == "diffusers":
+        vae = None if args.vae == "none" else args.vae
+        print(f"wrote {convert_to_diffusers(args.src, args.dst, vae=vae)}")
+        return 0
 
     out = convert_to_zoo(
         args.src,
@@ -135,8 +140,22 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "convert", help="convert foreign weights (original DiT .pt, diffusers, ANT/DTR) to the zoo layout"
     )
-    p.add_argument("src", help="a .pt file, a diffusers folder, or hf-hub:org/name")
+    p.add_argument(
+        "src", help="a .pt file, a diffusers folder, or hf-hub:org/name (--to diffusers: a zoo model)"
+    )
     p.add_argument("dst", help="output folder (config.json, model.safetensors, README.md)")
+    p.add_argument(
+        "--to",
+        default="zoo",
+        choices=["zoo", "diffusers"],
+        help="zoo: foreign weights into the zoo layout (default); diffusers: an unrouted zoo DiT out to a "
+        "DiTPipeline folder (transformer/, scheduler/, vae/)",
+    )
+    p.add_argument(
+        "--vae",
+        default="auto",
+        help="--to diffusers: the AutoencoderKL folder or repo to bundle (default: the model's own; none: skip)",
+    )
     p.add_argument("--name", default=None, help="zoo recipe name (default: inferred backbone)")
     p.add_argument("--format", default="auto", choices=["auto", "dit_original", "diffusers", "ant", "dtr"])
     p.add_argument("--num-classes", type=int, default=None)

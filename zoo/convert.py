@@ -101,12 +101,16 @@ def diffusers_to_dit(state_dict: Mapping[str, Tensor], sample_size: int) -> dict
     return out
 
 
-def dit_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Our DiT state dict -> a diffusers `DiTTransformer2DModel` state dict.
+def dit_to_diffusers(state_dict: Mapping[str, Tensor] | torch.nn.Module) -> dict[str, Tensor]:
+    """Our DiT state dict (or the DiT itself) -> a diffusers `DiTTransformer2DModel` state dict.
 
     The shared embedders are copied into every block (as diffusers expects); `pos_embed` is dropped
-    (diffusers recomputes it). Unconditional models have no diffusers counterpart and raise.
+    (diffusers recomputes it). Unconditional models have no diffusers counterpart and raise. Given a
+    module, a routed one raises (`refuse_routed`): its masks are not weights and diffusers has none.
     """
+    if isinstance(state_dict, torch.nn.Module):
+        refuse_routed(state_dict)
+        state_dict = state_dict.state_dict()
     source = {key: value for key, value in state_dict.items() if key != "pos_embed"}
     if "y_embedder.embedding_table.weight" not in source:
         raise ValueError(
@@ -279,3 +283,136 @@ def strip_dtr_mask_buffers(
                 f"(stored {tuple(value.shape)}, expected {tuple(expected.shape)})"
             )
     return out
+
+
+# ------------------------------------------------------------------------------ export to diffusers
+
+
+def refuse_routed(model: Any) -> None:
+    """Raise for a routed model (a DiffusionModel or a net): routing is no part of diffusers' DiT."""
+    config = getattr(model, "config", None)
+    routing = config.get("routing") if isinstance(config, Mapping) else None
+    net = getattr(model, "net", model)
+    if routing or getattr(net, "router", None) is not None:
+        name = (
+            config.get("name") if isinstance(config, Mapping) and "name" in config else type(model).__name__
+        )
+        kind = (routing or {}).get("name") or type(getattr(net, "router", None)).__name__
+        raise ValueError(
+            f"{name} is routed ({kind}: each block's input is masked by timestep); diffusers' "
+            "DiTTransformer2DModel has no routing, so its outputs would silently differ. Only unrouted DiTs "
+            "export to diffusers; keep routed models in the zoo layout (save_pretrained / zoo.create)"
+        )
+
+
+def set_diffusers_timestep_shift(transformer: Any, shift: float) -> Any:
+    """Set the sinusoid spacing of a diffusers `DiTTransformer2DModel` in place: `downscale_freq_shift`
+    of every block's timestep projection (diffusers builds 1; 0 is the original DiT's, which the
+    facebook/DiT-XL-2-* weights and every model trained here use). Returns the transformer."""
+    count = 0
+    for module in transformer.modules():
+        if type(module).__name__ == "Timesteps" and hasattr(module, "downscale_freq_shift"):
+            module.downscale_freq_shift = float(shift)
+            count += 1
+    if not count:
+        raise ValueError(f"{type(transformer).__name__} has no diffusers Timesteps projection to set")
+    return transformer
+
+
+def diffusers_scheduler_config(diffusion: Mapping[str, Any]) -> dict[str, Any]:
+    """A diffusers DDIMScheduler config with the betas of a zoo diffusion config (linear or cosine)."""
+    steps = int(diffusion.get("num_timesteps", 1000))
+    schedule = diffusion.get("schedule", "linear")
+    if schedule == "linear":
+        scale = 1000.0 / steps
+        betas = {"beta_schedule": "linear", "beta_start": scale * 1e-4, "beta_end": scale * 0.02}
+    elif schedule == "cosine":
+        betas = {"beta_schedule": "squaredcos_cap_v2"}
+    else:
+        raise ValueError(f"no diffusers beta schedule for {schedule!r}")
+    return {"num_train_timesteps": steps, **betas, "clip_sample": False, "set_alpha_to_one": True}
+
+
+def export_diffusers(model: Any, directory: str | os.PathLike[str], vae: Any = "auto") -> dict[str, Any]:
+    """Write a zoo DiT as a diffusers folder: `transformer/` (DiTTransformer2DModel), `scheduler/`
+    (DDIMScheduler with the model's betas), `vae/` for latent models and `model_index.json`, so that
+    `DiTPipeline.from_pretrained(directory)` runs it.
+
+    `vae`: "auto" (the model's VAE, `config["vae"]["repo"]`, from the cache or the Hub), a folder or
+    repo of an `AutoencoderKL`, an `AutoencoderKL`, or None (no vae/ folder; pass `vae=` to
+    `DiTPipeline.from_pretrained`). Its `scaling_factor` is set to the model's latent scale.
+
+    Refuses routed models, ADM U-Nets, unconditional DiTs and DiTs without a null class. diffusers'
+    DiT spaces the timestep frequencies by half-1; a model with the original spacing (every model
+    trained here) exports with a warning and a note in `conversion.json`: call
+    `set_diffusers_timestep_shift(pipe.transformer, 0)` after loading for equal outputs.
+    Returns what `conversion.json` records.
+    """
+    try:
+        import diffusers
+    except ImportError as exc:
+        raise ImportError(
+            "exporting to diffusers needs diffusers: pip install 'dit-mtl-zoo[diffusers]'"
+        ) from exc
+    import json
+    from pathlib import Path
+
+    if model.config["backbone"]["arch"] != "dit":
+        raise ValueError(
+            f"{model.config['name']}: only DiT backbones have a diffusers counterpart "
+            f"(DiTTransformer2DModel), not {model.config['backbone']['arch']!r}"
+        )
+    refuse_routed(model)
+    kwargs = model.net.config
+    config = diffusers_config_from_dit(kwargs)
+    shift = float(kwargs.get("timestep_freq_shift", 0.0))
+    if shift not in (0.0, 1.0):
+        raise ValueError(f"timestep_freq_shift={shift}: diffusers' Timesteps supports 0 or 1 only")
+    grid = int(kwargs["input_size"]) // int(kwargs["patch_size"])
+    fixed = sincos_pos_embed_2d(int(kwargs["hidden_size"]), grid).float().unsqueeze(0)
+    if not torch.allclose(model.net.pos_embed.detach().cpu().float(), fixed, atol=1e-6):
+        raise ValueError(
+            f"{model.config['name']}: pos_embed is not the fixed 2-D sin-cos embedding, which diffusers "
+            "recomputes instead of loading: the export would change the outputs"
+        )
+    transformer = diffusers.DiTTransformer2DModel(**config)
+    transformer.load_state_dict(dit_to_diffusers(model.net), strict=True)
+    transformer.eval()
+    scheduler = diffusers.DDIMScheduler(**diffusers_scheduler_config(model.config["diffusion"]))
+    vae_cfg = model.config.get("vae")
+    if isinstance(vae, str) and vae == "auto":
+        vae = vae_cfg.get("repo") if vae_cfg else None
+    if isinstance(vae, (str, os.PathLike)):
+        subfolder = vae_cfg.get("subfolder") if vae_cfg and str(vae) == vae_cfg.get("repo") else None
+        vae = diffusers.AutoencoderKL.from_pretrained(str(vae), subfolder=subfolder)
+    if vae is not None:
+        scale = float((vae_cfg or {}).get("scale", vae.config.scaling_factor))
+        vae.register_to_config(scaling_factor=scale)
+    pipe = diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler)
+    out = Path(directory)
+    pipe.save_pretrained(out, safe_serialization=True)
+    notes = []
+    if shift == 0.0:
+        notes.append(
+            "the model uses the original DiT timestep spacing (downscale_freq_shift=0); diffusers builds 1: "
+            "call zoo.convert.set_diffusers_timestep_shift(pipe.transformer, 0) after loading for equal outputs"
+        )
+    if kwargs.get("num_classes") != 1000:
+        notes.append(
+            f"DiTPipeline takes class 1000 as the null class of guidance; this model's null class is "
+            f"{kwargs.get('num_classes')}: run it with guidance_scale <= 1"
+        )
+    if vae is None and vae_cfg:
+        notes.append(
+            "no vae/ folder: pass vae=AutoencoderKL.from_pretrained(...) to DiTPipeline.from_pretrained"
+        )
+    record = {
+        "source": model.config["name"],
+        "format": "diffusers",
+        "timestep_freq_shift": shift,
+        "notes": notes,
+    }
+    (out / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return record

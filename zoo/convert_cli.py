@@ -1,4 +1,5 @@
-"""`zoo convert SRC DST`: foreign DiT weights into the zoo layout (config.json + model.safetensors + card).
+"""`zoo convert SRC DST`: foreign DiT weights into the zoo layout (config.json + model.safetensors + card);
+`zoo convert --to diffusers SRC DIR`: an unrouted zoo DiT out to a diffusers DiTPipeline folder.
 
 Sources: an original DiT `.pt` (plain state dict or train.py checkpoint, EMA preferred; CC BY-NC 4.0
 for the released ones), an ANT/DTR training checkpoint (DTR's stored mask buffers are dropped), or a
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from models.dit import DIT_SIZES
+from models.dit import DIT_SIZES, PATCH_SIZES
 from zoo.registry import UnknownModelError
 
 
@@ -27,20 +28,31 @@ def infer_dit_backbone(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[s
         raise ValueError(f"not a DiT state dict: missing {exc.args[0]!r}") from exc
     hidden, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
     depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
-    size = next((s for s, v in DIT_SIZES.items() if v["hidden_size"] == hidden and v["depth"] == depth), None)
-    if size is None:
-        raise UnknownModelError(f"no registered DiT size has hidden {hidden} and depth {depth}: {DIT_SIZES}")
+    name = dit_backbone_name(hidden, depth, patch)
     grid = math.isqrt(pos.shape[1])
     out_channels = state_dict["final_layer.linear.weight"].shape[0] // (patch * patch)
     kwargs = {
         "input_size": grid * patch,
+        "patch_size": patch,
         "in_channels": in_channels,
         "learn_sigma": out_channels == 2 * in_channels,
     }
     table = state_dict.get("y_embedder.embedding_table.weight")
     kwargs["num_classes"] = 0 if table is None else table.shape[0] - 1
-    name = f"dit_{size.lower()}" if patch == 2 else f"dit_{size.lower()}_p{patch}"
     return name, kwargs
+
+
+def dit_backbone_name(hidden: int, depth: int, patch: int) -> str:
+    """The registered DiT backbone of a width and depth (`_p4` / `_p8` for those patches; any other
+    patch size is set as an override of the patch-2 name)."""
+    size = next((s for s, v in DIT_SIZES.items() if v["hidden_size"] == hidden and v["depth"] == depth), None)
+    if size is None:
+        raise UnknownModelError(
+            f"no registered DiT size has hidden {hidden} and depth {depth}: {DIT_SIZES}; pass --name BACKBONE "
+            "(e.g. dit_t) to build it with the source's settings"
+        )
+    base = f"dit_{size.lower()}"
+    return f"{base}_p{patch}" if patch in PATCH_SIZES and patch != 2 else base
 
 
 def _diffusers_weights(src: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -68,7 +80,10 @@ def _diffusers_weights(src: str) -> tuple[dict[str, torch.Tensor], dict[str, Any
 def load_foreign(
     src: str, fmt: str = "auto", timestep_embedding: str = "diffusers", beta: float = 0.8, alpha: float = 4.0
 ) -> tuple[dict, dict]:
-    """(our state dict, DiT kwargs that the state dict alone cannot tell) of a foreign checkpoint.
+    """(our state dict, DiT kwargs from the source's config) of a foreign checkpoint.
+
+    A diffusers folder gives every DiT argument from its config.json; an original `.pt` has no
+    config ({}), so its settings come from the weights' shapes (`infer_dit_backbone`).
 
     `fmt="dtr"` checks the routing tables a DTR checkpoint stores against our DTR table for (beta,
     alpha) before dropping them; "auto" drops any stored mask buffers unchecked.
@@ -81,12 +96,10 @@ def load_foreign(
         or fmt == "diffusers"
         or (fmt == "auto" and (path.is_dir() or path.suffix == ".safetensors"))
     )
-    if is_diffusers:
+    if is_diffusers:  # the full foreign config: heads, patch, classes, sample size, channels, sigma
         state, config = _diffusers_weights(src)
         kwargs = convert.dit_config_from_diffusers(config, timestep_embedding=timestep_embedding)
-        return convert.diffusers_to_dit(state, int(kwargs["input_size"])), {
-            "timestep_freq_shift": kwargs["timestep_freq_shift"]
-        }
+        return convert.diffusers_to_dit(state, int(kwargs["input_size"])), kwargs
     if not path.is_file():
         raise FileNotFoundError(f"{src} does not exist")
     state = convert.load_original_dit_checkpoint(path)
@@ -114,12 +127,23 @@ def convert_to_zoo(
     """Convert and write; the written folder loads with zoo.create('local-dir:DST')."""
     from zoo.model import DiffusionModel, config_from_name
 
-    state, extra = load_foreign(src, fmt, timestep_embedding, beta=beta, alpha=alpha)
-    backbone, kwargs = infer_dit_backbone(state)
+    state, foreign = load_foreign(src, fmt, timestep_embedding, beta=beta, alpha=alpha)
+    if foreign:  # built from the foreign config, not from a registered size
+        kwargs = dict(foreign)
+        try:
+            backbone = dit_backbone_name(kwargs["hidden_size"], kwargs["depth"], kwargs["patch_size"])
+        except UnknownModelError:
+            if name is None:
+                raise
+            backbone = None
+        extra = {"timestep_freq_shift": kwargs["timestep_freq_shift"]}
+    else:
+        backbone, kwargs = infer_dit_backbone(state)
+        extra = {}
     if num_classes is not None and num_classes != kwargs["num_classes"]:
         raise ValueError(f"the weights have {kwargs['num_classes']} classes, not {num_classes}")
     recipe = name or backbone
-    model = DiffusionModel(config_from_name(recipe, **kwargs, **extra))
+    model = DiffusionModel(config_from_name(recipe, **kwargs))
     missing, unexpected = model.net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{src}: does not fit {recipe}: missing {missing[:8]}, unexpected {unexpected[:8]}")
@@ -133,3 +157,13 @@ def convert_to_zoo(
         json.dumps({"source": src, "format": fmt, **extra}, indent=2) + "\n"
     )
     return Path(out)
+
+
+def convert_to_diffusers(src: str, dst: str, vae: str | None = "auto") -> Path:
+    """A zoo model (folder, `local-dir:`, `hf-hub:` or `arch.tag`) -> a diffusers DiTPipeline folder."""
+    from zoo import convert
+    from zoo.hub import create, is_location
+
+    model = create(src) if is_location(src) else create(src, pretrained=True)
+    convert.export_diffusers(model, dst, vae=vae)
+    return Path(dst)

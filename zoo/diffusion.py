@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "GaussianDiffusion",
+    "approx_standard_normal_cdf",
     "classifier_free_guidance",
     "discretized_gaussian_log_likelihood",
     "named_beta_schedule",
@@ -32,6 +33,8 @@ __all__ = [
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
 FIXED_VARIANCES = ("large", "small")
+#: the normal CDF of the decoder NLL at t = 0: exact, or ADM's tanh approximation (the released code's)
+NORMAL_CDFS = ("exact", "adm")
 
 Net = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -116,26 +119,44 @@ def normal_kl(
     )
 
 
+def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation of the standard normal CDF that the ADM / DiT / ANT / DTR code uses:
+    0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (absolute error < 2e-4)."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
 def discretized_gaussian_log_likelihood(
-    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
+    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, normal_cdf: str = "exact"
 ) -> torch.Tensor:
     """Elementwise log-probability of data in [-1, 1] quantised to 256 bins under N(mean, exp(log_scale)^2).
 
-    Each value owns the bin x +- 1/255; the two edge bins extend to -inf and +inf. Uses the exact
-    normal CDF (the ADM code uses a tanh approximation, which differs by < 2e-4 in probability).
-    The middle-bin probability is floored at 1e-12, as in ADM.
+    Each value owns the bin x +- 1/255; the two edge bins extend to -inf and +inf.
+    `normal_cdf="exact"` uses the exact normal CDF, each bin mass taken on the tail where it does not
+    cancel and through log Phi (accurate far into the tails). `normal_cdf="adm"` computes it as the released ADM / DiT code does: the tanh
+    approximation `approx_standard_normal_cdf`, Phi(u) - Phi(l) directly, and the edge-bin masses floored
+    at 1e-12 like the middle one. Both floor the middle-bin probability at 1e-12, as ADM does.
     """
+    if normal_cdf not in NORMAL_CDFS:
+        raise ValueError(f"unknown normal_cdf {normal_cdf!r}; expected one of {NORMAL_CDFS}")
     centered = x - mean
     inv_std = torch.exp(-log_scale)
     upper = inv_std * (centered + 1.0 / 255.0)
     lower = inv_std * (centered - 1.0 / 255.0)
-    # Phi(u) - Phi(l) computed on the tail where it does not cancel: Phi(-l) - Phi(-u) when l > 0.
-    bin_mass = torch.where(
-        lower > 0,
-        torch.special.ndtr(-lower) - torch.special.ndtr(-upper),
-        torch.special.ndtr(upper) - torch.special.ndtr(lower),
-    )
-    log_mid = torch.log(bin_mass.clamp(min=1e-12))
+    if normal_cdf == "adm":
+        cdf_upper = approx_standard_normal_cdf(upper)
+        cdf_lower = approx_standard_normal_cdf(lower)
+        log_low_edge = torch.log(cdf_upper.clamp(min=1e-12))
+        log_high_edge = torch.log((1.0 - cdf_lower).clamp(min=1e-12))
+        log_mid = torch.log((cdf_upper - cdf_lower).clamp(min=1e-12))
+        return torch.where(x < -0.999, log_low_edge, torch.where(x > 0.999, log_high_edge, log_mid))
+    # log(Phi(u) - Phi(l)) on the tail where it does not cancel (Phi(-l) - Phi(-u) when l > 0), from
+    # log Phi, which stays accurate far into the tails: log Phi(hi) + log(1 - exp(log Phi(lo) - log Phi(hi))).
+    positive = lower > 0
+    hi = torch.where(positive, -lower, upper)
+    lo = torch.where(positive, -upper, lower)
+    log_hi = torch.special.log_ndtr(hi)
+    log_mass = log_hi + torch.log(-torch.expm1(torch.special.log_ndtr(lo) - log_hi))
+    log_mid = log_mass.clamp(min=math.log(1e-12))
     return torch.where(
         x < -0.999,
         torch.special.log_ndtr(upper),
@@ -188,6 +209,8 @@ class GaussianDiffusion:
     each step of this process, the ORIGINAL timestep index passed to the net (arange unless respaced).
     Without learned sigma the reverse variance is fixed: "large" = beta_t (with the posterior
     variance at t=0), as DiT does by default, or "small" = the clipped posterior variance.
+    `normal_cdf` picks the CDF of the decoder NLL at t = 0 (`discretized_gaussian_log_likelihood`):
+    "exact" or "adm", the tanh approximation of the released ADM / DiT code (the recipes use "adm").
     """
 
     def __init__(
@@ -198,6 +221,7 @@ class GaussianDiffusion:
         betas: Sequence[float] | np.ndarray | torch.Tensor | None = None,
         timestep_map: Sequence[int] | torch.Tensor | None = None,
         fixed_variance: str = "large",
+        normal_cdf: str = "exact",
     ) -> None:
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
@@ -205,6 +229,17 @@ class GaussianDiffusion:
             raise ValueError(f"num_timesteps must be an integer >= 1, got {num_timesteps!r}")
         if fixed_variance not in FIXED_VARIANCES:
             raise ValueError(f"unknown fixed_variance {fixed_variance!r}; expected one of {FIXED_VARIANCES}")
+        if normal_cdf not in NORMAL_CDFS:
+            raise ValueError(f"unknown normal_cdf {normal_cdf!r}; expected one of {NORMAL_CDFS}")
+        self.normal_cdf = normal_cdf
+        # The tables are plain CPU float64 tensors (not module state), cast when used: built on the CPU
+        # even inside `with torch.device("meta")` (deferred initialisation of the model around them).
+        with torch.device("cpu"):
+            self._build_tables(schedule, num_timesteps, learn_sigma, betas, timestep_map, fixed_variance)
+
+    def _build_tables(
+        self, schedule, num_timesteps, learn_sigma, betas, timestep_map, fixed_variance
+    ) -> None:
         self.schedule = schedule
         self.num_timesteps = int(num_timesteps)
         self.learn_sigma = bool(learn_sigma)
@@ -276,6 +311,8 @@ class GaussianDiffusion:
             "learn_sigma": self.learn_sigma,
             "fixed_variance": self.fixed_variance,
         }
+        if self.normal_cdf != "exact":
+            config["normal_cdf"] = self.normal_cdf
         if self._explicit_betas:
             config["betas"] = self.betas.tolist()
         if self._explicit_map:
@@ -460,7 +497,9 @@ class GaussianDiffusion:
             normal_kl(true_mean, true_log_variance, model["mean"], model["log_variance"])
         ) / math.log(2.0)
         decoder_nll = -_mean_flat(
-            discretized_gaussian_log_likelihood(x0, model["mean"], 0.5 * model["log_variance"])
+            discretized_gaussian_log_likelihood(
+                x0, model["mean"], 0.5 * model["log_variance"], normal_cdf=self.normal_cdf
+            )
         ) / math.log(2.0)
         return torch.where(t == 0, decoder_nll, kl)
 
@@ -492,6 +531,7 @@ class GaussianDiffusion:
             betas=1.0 - alphas_cumprod / previous,
             timestep_map=self.timestep_map[kept_tensor],
             fixed_variance=self.fixed_variance,
+            normal_cdf=self.normal_cdf,
         )
 
     # ----------------------------------------------------------------------------- sampling

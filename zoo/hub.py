@@ -214,7 +214,7 @@ def download_url(url: str, sha256: str | None = None) -> Path:
 
 
 def hub_download(
-    repo_id: str, filename: str, subfolder: str | None = None, revision: str | None = None
+    repo_id: str, filename: str, subfolder: str | None = None, revision: str | None = None, **kwargs: Any
 ) -> Path:
     """`hf_hub_download` (cache, HF_HUB_OFFLINE, HF_ENDPOINT) that fails fast when the endpoint stalls.
 
@@ -228,10 +228,12 @@ def hub_download(
     endpoint = os.environ.get("HF_ENDPOINT")
     timeout = network_timeout("HF_HUB_ETAG_TIMEOUT")
     relative = f"{subfolder}/{filename}" if subfolder else filename
-    if not offline() and not isinstance(try_to_load_from_cache(repo_id, relative, revision=revision), str):
+    cached = try_to_load_from_cache(repo_id, relative, revision=revision, cache_dir=kwargs.get("cache_dir"))
+    local_only = offline() or kwargs.get("local_files_only")
+    if not local_only and (kwargs.get("force_download") or not isinstance(cached, str)):
         url = hf_hub_url(repo_id, filename, subfolder=subfolder, revision=revision, endpoint=endpoint)
         try:
-            get_hf_file_metadata(url, timeout=timeout)
+            get_hf_file_metadata(url, token=kwargs.get("token"), timeout=timeout)
         except HfHubHTTPError:
             raise  # the Hub answered (not found, gated, ...): its own error names the URL
         except Exception as exc:
@@ -242,7 +244,13 @@ def hub_download(
             raise ConnectionError(f"{url}: {type(exc).__name__}: {exc}") from exc
     return Path(
         hf_hub_download(
-            repo_id, filename, subfolder=subfolder, revision=revision, endpoint=endpoint, etag_timeout=timeout
+            repo_id,
+            filename,
+            subfolder=subfolder,
+            revision=revision,
+            endpoint=endpoint,
+            etag_timeout=timeout,
+            **kwargs,
         )
     )
 
@@ -394,7 +402,7 @@ def push_to_hub(
         raise PermissionError(_NO_TOKEN.format(repo_id=repo_id))
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)  # read now, like the downloads
     with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model, tmp, card=card)
+        model.save_pretrained(tmp, card=card)  # the model's own: mtl.safetensors (balancer state) too
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
     return str(getattr(info, "commit_url", info))
@@ -495,6 +503,8 @@ def create(
     *,
     strict: bool = True,
     interpolate_pos_embed: bool = False,
+    checkpoint_path: str | Path | None = None,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
     **overrides: Any,
 ):
     """Build a model by name (timm style) and optionally load weights.
@@ -502,10 +512,19 @@ def create(
     `name` is a grammar name (`dit_l_dtr_nash_k5`, `dit_xl.in1k_256`), `local-dir:PATH` or
     `hf-hub:org/name`. `pretrained` is False, True (the default tag, or the name's tag), a tag,
     another `arch.tag` (e.g. plain weights into a routed/MTL recipe), a path, `local-dir:`,
-    `hf-hub:`, or an in-memory state dict. Overrides change architecture or recipe settings.
+    `hf-hub:`, or an in-memory state dict. Overrides change architecture or recipe settings; an
+    `in_channels` or `num_classes` other than the weights' adapts the stem and the label table on load
+    (`adapt_pretrained_state_dict`, with a warning), as timm does.
+
+    timm's habits: `checkpoint_path=FILE` loads a checkpoint (safetensors, a `.pt` state dict or
+    train.py / trainer checkpoint, a zoo folder) after the model is built, strictly and without
+    adaptation; `pretrained_cfg_overlay=dict(file=PATH)` changes fields of the registered weight config
+    (e.g. where its file lives); `model.pretrained_cfg` is the weight config as a dict.
     """
     from zoo.model import DiffusionModel
 
+    if pretrained_cfg_overlay is not None:
+        pretrained_cfg_overlay = _check_overlay(pretrained_cfg_overlay)
     if is_location(name):
         config, folder = _location_config(str(name))
         if overrides:
@@ -513,6 +532,10 @@ def create(
         state_dict = load_folder(folder, config)
         model = DiffusionModel(config)
         _load_into(model, state_dict, strict=strict, source=str(folder))
+        model._load_mtl_file(_mtl_file(str(name), folder), source=str(folder))
+        model.pretrained_cfg = {"architecture": config.get("name"), "source": str(name), "file": str(folder)}
+        if checkpoint_path is not None:
+            load_checkpoint(model, checkpoint_path, strict=strict, interpolate=interpolate_pos_embed)
         return model
 
     try:
@@ -527,11 +550,17 @@ def create(
     state_dict: dict[str, torch.Tensor] | None = None
     source_config: dict[str, Any] | None = None
     source = None
+    cfg: PretrainedCfg | None = None
+
+    def lookup(key: str) -> PretrainedCfg:
+        found = get_pretrained_cfg(key)
+        return _apply_overlay(found, pretrained_cfg_overlay) if pretrained_cfg_overlay else found
+
     if pretrained is False and parsed.tag:  # timm semantics: the tag fixes the settings, not the weights
-        cfg = get_pretrained_cfg(parsed.full_name)
+        cfg = lookup(parsed.full_name)
         overrides = {**cfg.overrides, **_vae_override(cfg), **overrides}
     elif pretrained is True:
-        cfg = get_pretrained_cfg(parsed.full_name if parsed.tag else parsed.arch_name)
+        cfg = lookup(parsed.full_name if parsed.tag else parsed.arch_name)
         state_dict, source_config, source = *_state_dict_from_source(cfg), cfg.name
         overrides = {**cfg.overrides, **_vae_override(cfg), **overrides}
     elif isinstance(pretrained, dict):
@@ -552,27 +581,255 @@ def create(
         else:  # a tag of this arch, or another arch.tag (finetuning plain weights into a recipe)
             key = spec if "." in spec else f"{parsed.arch_name}.{spec}"
             try:
-                cfg = get_pretrained_cfg(key)
+                cfg = lookup(key)
             except UnknownModelError:
                 try:
-                    cfg = (
-                        get_pretrained_cfg(f"{parsed.backbone}.{spec}")
-                        if "." not in spec
-                        else get_pretrained_cfg(spec)
-                    )
+                    cfg = lookup(f"{parsed.backbone}.{spec}") if "." not in spec else lookup(spec)
                 except UnknownModelError as exc:
                     raise UnknownModelError(f"pretrained={spec!r}: {exc}{_path_hint(spec)}") from None
             state_dict, source_config, source = *_state_dict_from_source(cfg), cfg.name
             overrides = {**cfg.overrides, **_vae_override(cfg), **overrides}
+    source_kwargs = None
     if source_config is not None:
-        overrides = {**_backbone_overrides_from(source_config, parsed.backbone), **overrides}
+        source_kwargs = _backbone_overrides_from(source_config, parsed.backbone)
+        overrides = {**source_kwargs, **overrides}
+    elif cfg is not None:
+        source_kwargs = _weights_kwargs(cfg)
     from zoo.validate import check_recipe
 
     check_recipe(parsed, overrides)
     model = DiffusionModel.from_name(parsed, **overrides)
+    if cfg is None and not parsed.tag and pretrained is False:
+        try:  # timm: an untagged name carries its default tag's config (weights not loaded)
+            cfg = get_pretrained_cfg(parsed.arch_name)
+        except UnknownModelError:
+            cfg = None
+    if cfg is not None:
+        model.pretrained_cfg = pretrained_cfg_dict(cfg, model)
+    elif source is not None:
+        model.pretrained_cfg = {"architecture": parsed.arch_name, "source": source}
     if state_dict is not None:
+        state_dict = adapt_pretrained_state_dict(
+            model, state_dict, source=source, source_kwargs=source_kwargs
+        )
         _load_into(model, state_dict, strict=strict, source=source, interpolate=interpolate_pos_embed)
+    if checkpoint_path is not None:
+        load_checkpoint(model, checkpoint_path, strict=strict, interpolate=interpolate_pos_embed)
     return model
+
+
+# ------------------------------------------------------------------------------ timm's habits
+
+
+def is_model(name: str) -> bool:
+    """Whether `name` is a model of the zoo's grammar (timm's `is_model`: a tag is not checked)."""
+    try:
+        parse_name(name)
+    except (UnknownModelError, ValueError, TypeError):
+        return False
+    return True
+
+
+_OVERLAY_FIELDS = {f for f in PretrainedCfg.__dataclass_fields__ if f not in ("arch", "tag")}
+
+
+def _check_overlay(overlay: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(overlay, dict):
+        raise TypeError(f"pretrained_cfg_overlay must be a dict, got {type(overlay).__name__}")
+    unknown = sorted(set(overlay) - _OVERLAY_FIELDS)
+    if unknown:
+        raise TypeError(
+            f"pretrained_cfg_overlay: unknown field(s) {unknown}; valid: {sorted(_OVERLAY_FIELDS)}"
+        )
+    overlay = dict(overlay)
+    if overlay.get("file") is not None:  # a user's path is relative to the working directory, as in timm
+        path = Path(overlay["file"]).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"pretrained_cfg_overlay file {path} does not exist")
+        overlay["file"] = str(path.resolve())
+    return overlay
+
+
+def _apply_overlay(cfg: PretrainedCfg, overlay: dict[str, Any]) -> PretrainedCfg:
+    """The weight config with the overlay's fields (timm's `pretrained_cfg_overlay`).
+
+    A `file` overlay is looked up before the Hub and the URL and is still checked against the
+    config's sha256 (it is meant to be the same weights, stored elsewhere): pass `sha256=None` for
+    other weights. A `.pt` / `.pth` file for a diffusers-format config is read as an original DiT file.
+    """
+    import dataclasses
+
+    changes = dict(overlay)
+    if (
+        changes.get("file")
+        and "format" not in changes
+        and cfg.format == "diffusers"
+        and Path(changes["file"]).suffix in (".pt", ".pth")
+    ):
+        changes["format"] = "dit_original"
+    return dataclasses.replace(cfg, **changes)
+
+
+def _backbone_keys(arch: str) -> dict[str, str]:
+    """State-dict names of the stem conv, the output layer and the label table of a backbone."""
+    if arch == "adm":
+        return {"stem": "input_blocks.0.0", "head": "out.2", "labels": "label_emb"}
+    return {"stem": "x_embedder.proj", "head": "final_layer.linear", "labels": "y_embedder.embedding_table"}
+
+
+def _weights_kwargs(cfg: PretrainedCfg) -> dict[str, Any] | None:
+    """Backbone settings of registered weights (their recipe's defaults with the cfg's overrides)."""
+    from zoo.model import config_from_name
+
+    try:
+        overrides = {k: v for k, v in cfg.overrides.items()}
+        return dict(config_from_name(cfg.arch, **overrides)["backbone"]["kwargs"])
+    except (UnknownModelError, TypeError, ValueError):
+        return None
+
+
+def pretrained_cfg_dict(cfg: PretrainedCfg, model) -> dict[str, Any]:
+    """timm-style `pretrained_cfg`: the weight config as a dict, with architecture, the weights'
+    input_size (C, H, W) and num_classes, and the names of the first conv and the label table."""
+    import dataclasses
+
+    out = dataclasses.asdict(cfg)
+    keys = _backbone_keys(model.config["backbone"]["arch"])
+    kwargs = _weights_kwargs(cfg) or model.config["backbone"]["kwargs"]
+    size = kwargs.get("input_size", kwargs.get("image_size"))
+    out.update(
+        architecture=cfg.arch,
+        name=cfg.name,
+        input_size=(int(kwargs["in_channels"]), int(size), int(size)),
+        num_classes=int(kwargs.get("num_classes", 0) or 0),
+        first_conv=keys["stem"],
+        classifier=keys["labels"],
+    )
+    return out
+
+
+def adapt_input_conv(in_chans: int, weight: torch.Tensor, base_chans: int) -> torch.Tensor:
+    """timm's `adapt_input_conv` for a stem conv trained on `base_chans` channels: one channel sums the
+    source channels; more repeat them cyclically, truncate to `in_chans` and scale by base/in_chans."""
+    if in_chans < 1 or base_chans < 1:
+        raise ValueError(f"channel counts must be positive, got in_chans={in_chans}, base_chans={base_chans}")
+    if weight.ndim != 4 or weight.shape[1] != base_chans:
+        raise ValueError(f"expected a conv weight (O, {base_chans}, kH, kW), got {tuple(weight.shape)}")
+    if in_chans == base_chans:
+        return weight
+    dtype, weight = weight.dtype, weight.float()
+    if in_chans == 1:
+        weight = weight.sum(dim=1, keepdim=True)
+    else:
+        repeat = -(-in_chans // base_chans)
+        weight = weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (base_chans / float(in_chans))
+    return weight.to(dtype)
+
+
+def adapt_pretrained_state_dict(
+    model,
+    state_dict: dict[str, torch.Tensor],
+    source: str | None = None,
+    source_kwargs: dict[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Fit pretrained weights to a model with other `in_channels` / `num_classes`, as timm does, warning.
+
+    - in_channels: the stem conv by `adapt_input_conv`; the output layer, whose width is the channel
+      count (times 2 with learned sigma), keeps the model's own (zero) initialisation.
+    - num_classes: the label table keeps the first min(old, new) class rows, new classes keep their
+      initialisation, and the null (classifier-free guidance) row stays the null row, now at index
+      num_classes. Whether the weights have a null row comes from their config (`source_kwargs`), else
+      it is assumed to match the model's.
+    """
+    net = model.net
+    own = net.state_dict()
+    out = dict(state_dict)
+    keys = _backbone_keys(model.config["backbone"]["arch"])
+    stem = keys["stem"] + ".weight"
+    if stem in out and stem in own and out[stem].shape != own[stem].shape:
+        old, new = out[stem], own[stem]
+        if old.ndim == 4 and old.shape[0] == new.shape[0] and old.shape[2:] == new.shape[2:]:
+            out[stem] = adapt_input_conv(new.shape[1], old, base_chans=old.shape[1])
+            changed = []
+            for param in ("weight", "bias"):
+                key = f"{keys['head']}.{param}"
+                if key in out and key in own and out[key].shape != own[key].shape:
+                    out[key] = own[key].detach().clone()
+                    changed.append(key)
+            warnings.warn(
+                f"{source}: adapted the stem {keys['stem']} from {old.shape[1]} to {new.shape[1]} input "
+                f"channel(s) (timm's adapt_input_conv); {', '.join(changed) or 'the output layer'} "
+                "starts from this model's initialisation",
+                stacklevel=3,
+            )
+    table = keys["labels"] + ".weight"
+    if table in out and table in own and out[table].shape != own[table].shape:
+        old, new = out[table], own[table].detach().clone()
+        if old.shape[1:] == new.shape[1:]:
+            new_classes = int(getattr(net, "num_classes", 0) or 0)
+            new_null = new.shape[0] - new_classes
+            if source_kwargs and source_kwargs.get("num_classes") is not None:
+                old_classes = int(source_kwargs["num_classes"])
+                old_null = old.shape[0] - old_classes
+            else:
+                old_null = new_null
+                old_classes = old.shape[0] - old_null
+            if old_null in (0, 1) and old_classes >= 0:
+                kept = min(old_classes, new_classes)
+                new[:kept] = old[:kept].to(new.dtype)
+                if new_null and old_null:
+                    new[new_classes] = old[old_classes].to(new.dtype)
+                out[table] = new
+                null_note = (
+                    "the null (guidance) row kept"
+                    if new_null and old_null
+                    else ("the null row starts from its initialisation" if new_null else "no null row")
+                )
+                warnings.warn(
+                    f"{source}: label table {tuple(old.shape)} adapted to {tuple(new.shape)} (num_classes "
+                    f"{old_classes} -> {new_classes}): the first {kept} class rows kept, "
+                    f"{max(new_classes - kept, 0)} new from initialisation, {null_note}",
+                    stacklevel=3,
+                )
+    return out
+
+
+def load_checkpoint(
+    model, checkpoint_path: str | Path, strict: bool = True, interpolate: bool = False
+) -> None:
+    """timm's `checkpoint_path`: a safetensors file, a `.pt` (state dict, train.py or trainer checkpoint,
+    EMA preferred, `weights_only`) or a zoo folder, loaded into the built model without adaptation. A
+    whole `DiffusionModel.state_dict()` (`net.*` and balancer keys) restores the balancer too."""
+    from zoo import convert
+
+    path = Path(checkpoint_path).expanduser()
+    mtl_state: dict[str, torch.Tensor] | None = None
+    if path.is_dir():
+        read_config(path)
+        state = load_safetensors(path / WEIGHTS_NAME)
+        model._load_mtl_file(path / "mtl.safetensors", source=str(path))
+    elif path.is_file() and path.suffix == ".safetensors":
+        state = load_safetensors(path)
+    elif path.is_file():
+        state = convert.load_original_dit_checkpoint(path)
+    else:
+        raise FileNotFoundError(f"checkpoint_path {path} does not exist")
+    if state and all(k.startswith(("net.", "balancer.", "weighting.")) for k in state):
+        mtl_state = {k: v for k, v in state.items() if not k.startswith("net.")}
+        state = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
+    _load_into(model, state, strict=strict, source=str(path), interpolate=interpolate)
+    if mtl_state is not None:
+        model.load_mtl_state_dict(mtl_state, source=str(path))
+
+
+def _mtl_file(spec: str, folder: Path) -> Path | None:
+    """The balancer-state file of a zoo folder; for `hf-hub:` fetched beside the weights if the repo has it."""
+    if spec.startswith("hf-hub:"):
+        from zoo.model import fetch_mtl_file
+
+        repo, _, revision = spec[len("hf-hub:") :].partition("@")
+        return fetch_mtl_file(repo, revision=revision or None)
+    return folder / "mtl.safetensors"
 
 
 def _vae_override(cfg: PretrainedCfg) -> dict[str, Any]:

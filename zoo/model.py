@@ -24,7 +24,7 @@ CONFIG_VERSION = 1
 #: overrides that configure the routing part (grammar `_dtr`, `_rand`)
 ROUTING_OVERRIDES = {"beta", "alpha", "variant", "routing_seed"}
 #: overrides that configure the diffusion process
-DIFFUSION_OVERRIDES = {"schedule", "num_timesteps"}
+DIFFUSION_OVERRIDES = {"schedule", "num_timesteps", "normal_cdf"}
 #: other recognised overrides
 OTHER_OVERRIDES = {"affinity", "mtl_options", "weighting_options", "vae", "data"}
 
@@ -79,6 +79,9 @@ def config_from_name(name: str | ModelName, **overrides: Any) -> dict[str, Any]:
         if "learn_sigma" in backbone_kwargs:
             sigma = bool(backbone_kwargs.pop("learn_sigma"))
             backbone_kwargs["out_channels"] = backbone_kwargs["in_channels"] * (2 if sigma else 1)
+        elif "in_channels" in overrides and "out_channels" not in overrides:  # keep the size's learned sigma
+            sigma = spec["kwargs"]["out_channels"] == 2 * spec["kwargs"]["in_channels"]
+            backbone_kwargs["out_channels"] = backbone_kwargs["in_channels"] * (2 if sigma else 1)
         learn_sigma = backbone_kwargs["out_channels"] == 2 * backbone_kwargs["in_channels"]
     else:
         learn_sigma = bool(backbone_kwargs.get("learn_sigma", True))
@@ -86,6 +89,8 @@ def config_from_name(name: str | ModelName, **overrides: Any) -> dict[str, Any]:
         "schedule": overrides.get("schedule", "linear"),
         "num_timesteps": int(overrides.get("num_timesteps", 1000)),
         "learn_sigma": learn_sigma,
+        # the recipes reproduce the released ADM / DiT / ANT / DTR code: its tanh CDF in the t = 0 NLL
+        "normal_cdf": overrides.get("normal_cdf", "adm"),
     }
     routing = None
     if parsed.routing:
@@ -138,7 +143,10 @@ class DiffusionModel(nn.Module):
         self.net = _arch_class(backbone["arch"])(**backbone["kwargs"])
         dcfg = config["diffusion"]
         self.diffusion = GaussianDiffusion(
-            schedule=dcfg["schedule"], num_timesteps=dcfg["num_timesteps"], learn_sigma=dcfg["learn_sigma"]
+            schedule=dcfg["schedule"],
+            num_timesteps=dcfg["num_timesteps"],
+            learn_sigma=dcfg["learn_sigma"],
+            normal_cdf=dcfg.get("normal_cdf", "exact"),  # configs written before the option: exact
         )
         num_timesteps = self.diffusion.num_timesteps
         if config.get("routing"):
@@ -153,9 +161,10 @@ class DiffusionModel(nn.Module):
             )
             num_blocks = len(channels) if isinstance(channels, list) else backbone["kwargs"]["depth"]
             try:
-                router = routing.build(
-                    name, channels=channels, num_blocks=num_blocks, num_tasks=num_timesteps, **rcfg
-                )
+                with _cpu_if_meta():  # routing tables are exact data, never deferred
+                    router = routing.build(
+                        name, channels=channels, num_blocks=num_blocks, num_tasks=num_timesteps, **rcfg
+                    )
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"routing part {name!r} of {config['name']!r}: {exc}") from exc
             self.net.set_router(router)
@@ -180,15 +189,18 @@ class DiffusionModel(nn.Module):
         mname = mcfg.pop("name")
         mcfg.pop("k", None)
         try:
-            self.balancer = mtl.build(mname, self.clusters.k, **mcfg)
+            with _cpu_if_meta():  # a few numbers of state, built for real under torch.device("meta")
+                self.balancer = mtl.build(mname, self.clusters.k, **mcfg)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"MTL part {mname!r}: {exc}") from exc
         config["mtl"] = {"name": mname, **_jsonable(self.balancer.config())}
         self.weighting = None
         if config.get("weighting"):
             wcfg = dict(config["weighting"])
-            self.weighting = mtl.build_weighting(wcfg.pop("name"), **wcfg)
+            with _cpu_if_meta():
+                self.weighting = mtl.build_weighting(wcfg.pop("name"), **wcfg)
         self.config = config
+        self.pretrained_cfg: dict[str, Any] = {}  # timm's habit; zoo.create fills it for tagged weights
 
     @classmethod
     def from_name(cls, name: str | ModelName, **overrides: Any) -> DiffusionModel:
@@ -197,6 +209,12 @@ class DiffusionModel(nn.Module):
         if affinity is not None:
             config["clustering"] = _clusters_with_affinity(config, affinity)
         return cls(config)
+
+    # ------------------------------------------------------------------ the network's forward
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any):
+        """`model(x, t, y)` is the backbone's forward (timm / diffusers habit): eps (and variance) output."""
+        return self.net(x, t, y, **kwargs)
 
     # ------------------------------------------------------------------ training
 
@@ -320,10 +338,127 @@ class DiffusionModel(nn.Module):
         card: dict[str, Any] | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
     ) -> Path:
-        """Write config.json, model.safetensors (the net's weights, e.g. EMA) and a README.md model card."""
+        """Write config.json, model.safetensors (the net's weights, e.g. EMA), mtl.safetensors (the state
+        outside the net, when there is any: `mtl_state_dict()`) and a README.md model card."""
         from zoo.hub import save_pretrained
 
-        return save_pretrained(self, directory, card=card, state_dict=state_dict)
+        out = save_pretrained(self, directory, card=card, state_dict=state_dict)
+        self._save_mtl_state(Path(out))  # the balancer's state too: from_pretrained restores the whole model
+        return out
+
+    def mtl_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state outside the net (`state_dict()` minus `net.*`): UW log-variances, FAMO logits and
+        Adam moments, Nash / IMTL weights, a learned per-sample weighting; `mtl.safetensors` holds it."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("net.")}
+
+    def load_mtl_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Load `mtl_state_dict()` output; the keys must be exactly this model's (no silent partial loads)."""
+        own = self.mtl_state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"{source}: balancer state does not fit {self.config['name']!r} "
+                f"(balancer {self.config['mtl']['name']!r}): missing {missing[:8]}, unexpected {unexpected[:8]}"
+            )
+        for key, value in state.items():
+            if own[key].shape != value.shape:
+                raise ValueError(
+                    f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}"
+                )
+        if state:
+            self.load_state_dict(state, strict=False)
+
+    def _save_mtl_state(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        path = directory / MTL_WEIGHTS_NAME
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.mtl_state_dict().items()}
+        if state:
+            save_file(state, str(path), metadata={"format": "pt", "library": "dit-mtl-zoo"})
+        else:
+            path.unlink(missing_ok=True)
+
+    def _load_mtl_file(self, path: Path | None, source: str) -> None:
+        """Load `mtl.safetensors` when the folder has one; a model with state but no file keeps its init."""
+        if path is None or not path.is_file():
+            return
+        from zoo.hub import load_safetensors
+
+        self.load_mtl_state_dict(load_safetensors(path), source=str(path))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_or_dir: str | Path,
+        revision: str | None = None,
+        strict: bool = True,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+    ) -> DiffusionModel:
+        """The model that `save_pretrained` / `push_to_hub` wrote, its whole state (the huggingface_hub habit).
+
+        `repo_or_dir` is a folder (or `local-dir:PATH`) or a Hub repo id (or `hf-hub:org/name[@rev]`).
+        Reads config.json, model.safetensors and, when present, mtl.safetensors (the balancer state).
+        """
+        spec = str(repo_or_dir)
+        if spec.startswith("local-dir:"):
+            folder = Path(spec[len("local-dir:") :]).expanduser()
+        elif spec.startswith("hf-hub:") or not Path(spec).expanduser().is_dir():
+            repo = spec[len("hf-hub:") :] if spec.startswith("hf-hub:") else spec
+            repo, _, at = repo.partition("@")
+            folder = download_folder(
+                repo,
+                revision=revision or at or None,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
+                local_files_only=local_files_only,
+            )
+        else:
+            folder = Path(spec).expanduser()
+        from zoo.hub import create
+
+        return create(f"local-dir:{folder}", strict=strict)
+
+    # ------------------------------------------------------------------ deferred initialisation
+
+    def materialize(
+        self, device: str | torch.device = "cpu", state_dict: dict[str, torch.Tensor] | None = None
+    ) -> DiffusionModel:
+        """Give a model built under `torch.device("meta")` real storage on `device`, then initialise it
+        as a fresh model (the net's own initialisation) or load `state_dict` (the net's keys, or the
+        whole `state_dict()` with `net.*` and balancer keys). The routing tables and the balancer, built
+        for real at construction, move with their values. Returns self.
+        """
+        net = self.net
+        router = getattr(net, "router", None)
+        if router is not None:
+            net.set_router(None)  # to_empty would drop the routing tables' values
+        try:
+            net.to_empty(device=device)
+            if state_dict is not None:
+                state = dict(state_dict)
+                if any(k.startswith("net.") for k in state):
+                    net_state = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
+                    self.load_mtl_state_dict({k: v for k, v in state.items() if not k.startswith("net.")})
+                else:
+                    net_state = state
+                net.load_state_dict(net_state, strict=True)
+            elif hasattr(net, "initialize_weights"):
+                net.initialize_weights()
+            else:  # no in-place initialiser: a fresh net of the same config, built on the device
+                with torch.device(device):
+                    fresh = _arch_class(self.config["backbone"]["arch"])(**self.config["backbone"]["kwargs"])
+                net.load_state_dict(fresh.state_dict(), strict=True)
+        finally:
+            if router is not None:
+                net.set_router(router.to(device))
+        for part in (self.balancer, self.weighting):
+            if isinstance(part, nn.Module):
+                part.to(device)
+        return self
 
     def push_to_hub(self, repo_id: str, card: dict[str, Any] | None = None, **kwargs: Any) -> str:
         from zoo.hub import push_to_hub
@@ -335,6 +470,65 @@ class DiffusionModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.config['name']!r}, clusters={self.clusters.k}, balancer={self.config['mtl']['name']!r}"
+
+
+MTL_WEIGHTS_NAME = "mtl.safetensors"
+
+
+class _cpu_if_meta:
+    """Build the small exact parts (routing tables, balancer state) on the CPU under `torch.device("meta")`."""
+
+    def __enter__(self) -> None:
+        self._ctx = torch.device("cpu") if torch.empty(()).device.type == "meta" else None
+        if self._ctx is not None:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
+def download_folder(
+    repo_id: str,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    force_download: bool = False,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """config.json, model.safetensors and (when the repo has it) mtl.safetensors of a Hub repo, cached."""
+    from zoo.hub import CONFIG_NAME, WEIGHTS_NAME, hub_download
+
+    common = dict(
+        revision=revision,
+        cache_dir=cache_dir,
+        force_download=force_download,
+        token=token,
+        local_files_only=local_files_only,
+    )
+    config = hub_download(repo_id, CONFIG_NAME, **common)
+    hub_download(repo_id, WEIGHTS_NAME, **common)
+    fetch_mtl_file(repo_id, **common)
+    return config.parent
+
+
+def fetch_mtl_file(repo_id: str, revision: str | None = None, **kwargs: Any) -> Path | None:
+    """The repo's mtl.safetensors (balancer state), or None when it has none."""
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    from zoo.hub import hub_download
+
+    try:
+        return hub_download(repo_id, MTL_WEIGHTS_NAME, revision=revision, **kwargs)
+    except (LocalEntryNotFoundError, TimeoutError, ConnectionError):  # unreachable: the model still works
+        warnings.warn(
+            f"{repo_id}: {MTL_WEIGHTS_NAME} (the balancer state, if the repo has one) is not in the cache and "
+            "the Hub cannot be reached: the balancer starts from its initialisation",
+            stacklevel=3,
+        )
+    except EntryNotFoundError:  # the repo has none: a model without state outside the net
+        pass
+    return None
 
 
 def _clusters_with_affinity(config: dict[str, Any], affinity: Any) -> dict[str, Any]:

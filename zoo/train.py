@@ -642,6 +642,8 @@ class Trainer:
             "load_name": f"local-dir:{final}",
         }
         weights = full_state_dict(self.ema_model.net) if self.fsdp else None
+        # the EMA copy's balancer is the step-0 one: publish the trained balancer state (mtl.safetensors)
+        self.ema_model.load_mtl_state_dict(self.model.mtl_state_dict())
         if self.context.is_main:
             self.ema_model.save_pretrained(final, card=card, state_dict=weights)
         self.sample_grid(final / "samples.png")
