@@ -40,6 +40,9 @@ class NoCheckpointError(FileNotFoundError):
 class CheckpointSpaceError(OSError):
     """A checkpoint did not fit on its disk; the partial file is deleted, earlier checkpoints are kept."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]" prefix
+        return str(self.strerror)
+
 
 class RunLockedError(RuntimeError):
     """Another live process trains in the same run folder."""
