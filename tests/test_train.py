@@ -70,8 +70,9 @@ def test_ema_follows_the_float64_recurrence_and_copies_buffers():
         torch.testing.assert_close(ema.module.weight.double(), expected, atol=1e-6, rtol=0)
         torch.testing.assert_close(ema.module.running_mean, online.running_mean)
     assert not ema.module.weight.requires_grad and not ema.module.training
-    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
-        EMA(online, decay=1.5)
+    for bad in (1.5, 1.0, -0.1):
+        with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+            EMA(online, decay=bad)
 
 
 # -------------------------------------------------------------------------------------- checkpoints

@@ -229,6 +229,10 @@ def add_fid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def main_from_args(args: argparse.Namespace) -> int:
+    if args.json:  # refused before any feature is extracted
+        from zoo.checkpoint import ensure_writable
+
+        ensure_writable(args.json)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -374,6 +374,11 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
 
 
 def main_from_args(args: argparse.Namespace) -> int:
+    from zoo.checkpoint import ensure_writable
+
+    ensure_writable(args.out, directory=True)  # refused before any model is sampled
+    if args.npz:
+        ensure_writable(args.npz, directory=True)
     settings = LeaderboardSettings(
         data=args.data,
         models=args.models,

@@ -102,6 +102,11 @@ def main_from_args(args: argparse.Namespace) -> int:
     """`zoo sample`: load, draw `--n` images and write the requested outputs."""
     if args.sampler == "ddpm" and args.eta != 0.0:  # before loading anything
         raise ValueError(f"--eta is a DDIM parameter; got --eta {args.eta} with --sampler ddpm")
+    from zoo.checkpoint import ensure_writable
+
+    for path, folder in ((args.out, False), (args.npz, False), (args.outdir, True)):
+        if path:  # refused before loading or sampling
+            ensure_writable(path, directory=folder)
     model = load_model(args.model).to(args.device).eval()
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     label_generator = torch.Generator().manual_seed(args.seed)

@@ -34,9 +34,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtl.base import clip_grad_norm, grad_norm
 from zoo.checkpoint import (
+    CheckpointSpaceError,
+    RunLock,
     capture_rng_state,
     list_checkpoints,
     load_latest_checkpoint,
+    remove_orphaned_temporaries,
     restore_rng_state,
     save_checkpoint,
 )
@@ -59,8 +62,40 @@ from zoo.images import save_grid
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+LR_SCHEDULES = ("constant", "cosine")
+#: models up to this many parameters train with TINY_LR by default (measured: the shipped digits and
+#: MNIST recipes, benchmarks/results/train.json); larger ones with DiT's 1e-4 (the paper's, S to XL).
+TINY_PARAMS = 5_000_000
+TINY_LR = 2e-3
+DIT_LR = 1e-4
+
+
 class TrainingDiverged(RuntimeError):
-    """Too many consecutive steps with a non-finite loss or gradient."""
+    """Too many consecutive steps with a non-finite loss or gradient, or weights that became non-finite."""
+
+
+def default_lr(num_params: int) -> float:
+    """`--lr` when not given: 2e-3 for tiny models (<= 5M parameters), DiT's 1e-4 otherwise."""
+    return TINY_LR if num_params <= TINY_PARAMS else DIT_LR
+
+
+def default_warmup(steps: int) -> int:
+    """`--warmup` when not given: a linear warm-up over 5 % of the run, at most 1,000 steps."""
+    return min(1000, steps // 20)
+
+
+def lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
+    """The multiplier of the base lr at optimiser step `step` (0-based) of a `steps`-step run.
+
+    Linear warm-up `(step + 1) / warmup` over the first `warmup` steps, then 1 (constant) or a half
+    cosine from 1 down to 0 at `steps` (cosine).
+    """
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
 
 
 @dataclass
@@ -71,9 +106,12 @@ class TrainConfig:
     data: str = "digits"
     steps: int = 1000
     batch: int = 64
-    lr: float = 1e-4
+    lr: float | None = None  # None: default_lr(parameters)
+    warmup: int | None = None  # None: default_warmup(steps)
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     ema: float = 0.9999
+    ema_warmup_power: float = 2 / 3  # 0: constant decay `ema` from the first step
     precision: str = "fp32"
     grad_accum: int = 1
     grad_clip: float = 0.0
@@ -105,8 +143,29 @@ class TrainConfig:
         for name in ("steps", "batch", "grad_accum", "keep_last", "log_every", "max_bad_steps", "sample_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.ema <= 1.0:
-            raise ValueError(f"ema decay must be in [0, 1], got {self.ema}")
+        for name in ("ckpt_every", "sample_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema decay must be in [0, 1), got {self.ema}")
+        if not (math.isfinite(self.ema_warmup_power) and self.ema_warmup_power >= 0):
+            raise ValueError(f"ema_warmup_power must be >= 0 (0: no warm-up), got {self.ema_warmup_power}")
+        if self.warmup is not None and self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0 steps, got {self.warmup}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule {self.lr_schedule!r} unknown; expected one of {list(LR_SCHEDULES)}"
+            )
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not math.isfinite(self.sample_cfg):
+            raise ValueError(f"sample_cfg must be a finite number, got {self.sample_cfg}")
+        if self.sample_steps < 1:
+            raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
 
     def to_command(self) -> str:
         """The `zoo train` command line that reproduces this config."""
@@ -195,6 +254,10 @@ class Trainer:
             model.net.grad_checkpointing = True
         self.model = model.to(self.device).train()
         self._check_data_fits()
+        self._check_sample_steps()
+        num_params = sum(p.numel() for p in self.model.net.parameters())
+        self.lr = config.lr if config.lr is not None else default_lr(num_params)
+        self.warmup = config.warmup if config.warmup is not None else default_warmup(config.steps)
         if self.fsdp and getattr(self.model.balancer, "engine", None) == "autograd":
             raise ValueError(
                 "--fsdp needs the Gram balancers' hook engine: engine='autograd' differentiates w.r.t. full "
@@ -208,7 +271,9 @@ class Trainer:
             )
         broadcast_module(self.model)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.ema = EMA(self.model.net, config.ema, shadow=self.ema_model.net)
+        self.ema = EMA(
+            self.model.net, config.ema, shadow=self.ema_model.net, warmup_power=config.ema_warmup_power
+        )
         if self.fsdp:  # the EMA is sharded like the weights it follows: each rank averages its own shard
             shard_model(self.model.net, param_dtype=torch.bfloat16 if config.precision == "bf16" else None)
             shard_model(self.ema_model.net)
@@ -219,8 +284,9 @@ class Trainer:
         grouped = {id(p) for group in balancer_groups for p in group["params"]}
         self.all_params = self.params + [p for p in self.model.balancer.parameters() if id(p) in grouped]
         self.optimizer = torch.optim.AdamW(
-            [{"params": self.params}, *balancer_groups], lr=config.lr, weight_decay=config.weight_decay
+            [{"params": self.params}, *balancer_groups], lr=self.lr, weight_decay=config.weight_decay
         )
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]  # scaled by lr_factor
         self.autocast_dtype = PRECISIONS[config.precision]
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
         self.generator = torch.Generator(device=self.device)
@@ -236,6 +302,10 @@ class Trainer:
         self.step = 0
         self.data_order = DataOrder()
         self.bad_steps_in_row = 0
+        self.first_skipped_step: int | None = None  # the first step of the run whose update was skipped
+        self.last_good_checkpoint: str | None = None  # newest checkpoint written before that step
+        self.history: list[dict[str, Any]] = []  # settings changed on resume: {"at_step", "changed"}
+        self.lock = None
         self.elapsed = 0.0
         self.last_logs: dict[str, Any] = {}
         self._stop_signal: int | None = None
@@ -259,7 +329,23 @@ class Trainer:
                 f"data {self.config.data!r} gives (C, H, W) {actual}, the model expects {expected}"
             )
 
+    def _check_sample_steps(self) -> None:
+        num_timesteps = self.model.diffusion.num_timesteps
+        try:
+            self.model.diffusion.respace(self.config.sample_steps)
+        except ValueError as error:
+            raise ValueError(
+                f"--sample-steps {self.config.sample_steps}: the model's {num_timesteps}-step process cannot "
+                f"be respaced to it ({error}); expected 1..{num_timesteps}"
+            ) from None
+
     # ------------------------------------------------------------------ one step
+
+    def _set_lr(self, step: int) -> None:
+        """The lr of optimiser step `step` (0-based) on every group: base lr x warm-up / schedule (no sync)."""
+        factor = lr_factor(step, self.config.steps, self.warmup, self.config.lr_schedule)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -287,6 +373,7 @@ class Trainer:
         chunks = list(
             zip(*(part.chunk(micro) if part is not None else [None] * micro for part in (x0, y, t, noise)))
         )
+        self._set_lr(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         cluster_sum = torch.zeros(model.clusters.k, device=self.device)
         logs: dict[str, Any] = {}
@@ -320,7 +407,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.ema.update(self.model.net)
+        self.ema.update(self.model.net, step=self.step + 1)
         if balancer.needs_after_step:
             # the balancer compares with its last backward: re-evaluate that (micro-)batch; it averages over ranks
             x_last, y_last, t_last, noise_last = used[-1]
@@ -351,6 +438,8 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.update(self.scaler.get_scale() / 2)
         self.bad_steps_in_row += 1
+        if self.first_skipped_step is None:
+            self.first_skipped_step = self.step + 1
         warnings.warn(
             f"step {self.step + 1}: non-finite loss or gradient, update skipped "
             f"({self.bad_steps_in_row} in a row, stopping at {self.config.max_bad_steps})",
@@ -359,9 +448,24 @@ class Trainer:
         if self.bad_steps_in_row >= self.config.max_bad_steps:
             raise TrainingDiverged(
                 f"{self.bad_steps_in_row} consecutive non-finite steps up to step {self.step + 1}; stopped. "
-                f"The last good checkpoint in {self.run_dir / 'checkpoints'} is kept (resume with a lower --lr)."
+                + self.good_checkpoint_note()
             )
         return {"skipped": True}
+
+    def good_checkpoint_note(self) -> str:
+        """Where the run can be picked up after a divergence: the checkpoint pruning protects, checked on disk."""
+        first = self.first_skipped_step
+        newest = list_checkpoints(self.run_dir)
+        newest_path = str(newest[-1][1]) if newest else None
+        good = self.last_good_checkpoint if first is not None else newest_path
+        if good is not None and Path(good).is_file():
+            note = f"The last good checkpoint is {good}"
+            note += f" (written before the first skipped step, {first})" if first is not None else ""
+            if newest_path is not None and newest_path != good:
+                note += f"; the newest is {newest_path}"
+            return note + ": resume from it with a lower --lr (--resume picks the newest)."
+        where = self.run_dir / "checkpoints"
+        return f"No checkpoint was written before step {first or self.step} in {where}: start again with a lower --lr."
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -393,10 +497,27 @@ class Trainer:
             "data_order": {"epoch": self.data_order.epoch, "position": self.data_order.position},
             "rng": rng_per_rank,
             "bad_steps_in_row": self.bad_steps_in_row,
+            "first_skipped_step": self.first_skipped_step,
+            "last_good_checkpoint": self.last_good_checkpoint,
+            "history": json.dumps(self.history),
+            "resolved": json.dumps(self.resolved_settings()),
             "elapsed": self.elapsed,
             "world_size": self.context.world_size,
             "model_config": json.dumps(self.model.config),
             "train_config": json.dumps(dataclasses.asdict(self.config)),
+        }
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """The optimisation settings in force, defaults resolved (what the card records)."""
+        return {
+            "lr": self.lr,
+            "warmup": self.warmup,
+            "lr_schedule": self.config.lr_schedule,
+            "steps": self.config.steps,
+            "ema": self.config.ema,
+            "ema_warmup_power": self.config.ema_warmup_power,
+            "weight_decay": self.config.weight_decay,
+            "grad_clip": self.config.grad_clip,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -409,12 +530,17 @@ class Trainer:
             self.model.net.load_state_dict(state["net"])
             self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base  # the requested lr, not the stored one (set per step by _set_lr)
         self.model.balancer.load_state_dict(state["balancer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.data_order = DataOrder(**state["data_order"])
         self.bad_steps_in_row = int(state["bad_steps_in_row"])
+        self.first_skipped_step = state.get("first_skipped_step")
+        self.last_good_checkpoint = state.get("last_good_checkpoint")
+        self.history = json.loads(state.get("history", "[]"))
         self.elapsed = float(state["elapsed"])
         if int(state["world_size"]) == self.context.world_size:
             rng = state["rng"][self.context.rank]
@@ -430,19 +556,90 @@ class Trainer:
             torch.manual_seed(seed)
             self.generator.manual_seed(seed)
 
+    def _weights_finite(self) -> bool:
+        """Whether every weight of the net and its EMA is finite: one flag, read once (checkpoint time only)."""
+        tensors = [p.detach() for p in [*self.model.net.parameters(), *self.ema_model.net.parameters()]]
+        tensors = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]  # FSDP: this rank's shard
+        flags = torch.stack([torch.isfinite(t).all() for t in tensors if t.numel()]).all().float().reshape(1)
+        return bool(all_reduce_mean(flags, self.context.world_size) >= 1)
+
     def save(self) -> Path | None:
-        """Write a checkpoint of the current step (rank 0 writes; every rank takes part)."""
+        """Write a checkpoint of the current step (rank 0 writes; every rank takes part).
+
+        Weights that are no longer finite are never written: `TrainingDiverged` names the last good
+        checkpoint instead. The newest checkpoint before the run's first skipped step is never pruned.
+        """
+        if not self._weights_finite():
+            raise TrainingDiverged(
+                f"the weights are no longer finite at step {self.step}; nothing written. "
+                + self.good_checkpoint_note()
+            )
         state = self.state_dict()
         if not self.context.is_main:
             return None
-        return save_checkpoint(state, self.run_dir, self.step, keep_last=self.config.keep_last)
+        protect = self.last_good_checkpoint if self.first_skipped_step is not None else None
+        path = save_checkpoint(
+            state, self.run_dir, self.step, keep_last=self.config.keep_last, protect=protect
+        )
+        if self.first_skipped_step is None:
+            self.last_good_checkpoint = str(path)
+        return path
+
+    # recipe-defining settings a resume must not change; the others (lr, steps, schedule, EMA, logging,
+    # checkpointing) may change and are applied and recorded in the card's history
+    FIXED_ON_RESUME = ("model", "data", "image_size", "batch", "grad_accum", "seed", "precision")
+
+    def _compare_with_checkpoint(self, state: dict[str, Any], path: Path) -> None:
+        stored = json.loads(state.get("train_config", "{}"))
+        if stored.get("model", self.config.model) != self.config.model:
+            raise ValueError(
+                f"{self.run_dir} holds a run of recipe {stored['model']!r} ({path}); you asked for "
+                f"{self.config.model!r}. --resume continues the same recipe; to finetune its weights into "
+                f"{self.config.model!r} start a new run: --pretrained {self.run_dir / 'final'} --out NEW_FOLDER"
+            )
+        stored_model = json.loads(state.get("model_config", "null"))
+        if stored_model is not None and json.loads(json.dumps(self.model.config)) != stored_model:
+            keys = sorted(
+                k
+                for k in set(stored_model) | set(self.model.config)
+                if json.dumps(stored_model.get(k), sort_keys=True)
+                != json.dumps(json.loads(json.dumps(self.model.config)).get(k), sort_keys=True)
+            )
+            raise ValueError(
+                f"{self.run_dir} holds a run whose model config differs from the requested one in {keys} "
+                f"({path}): --resume continues the same model (drop the --set overrides that change it)"
+            )
+        different = {
+            name: (stored[name], getattr(self.config, name))
+            for name in self.FIXED_ON_RESUME
+            if name in stored and stored[name] != getattr(self.config, name)
+        }
+        if different:
+            listed = ", ".join(
+                f"--{k.replace('_', '-')} {old} (stored) != {new}" for k, (old, new) in different.items()
+            )
+            raise ValueError(f"cannot resume {path} with other recipe settings: {listed}")
+        before = json.loads(state.get("resolved", "{}"))
+        if self.config.warmup is None and "warmup" in before:  # the default was resolved by the first run
+            self.warmup = before["warmup"]
+        now = self.resolved_settings()
+        changed = {k: [before[k], v] for k, v in now.items() if k in before and before[k] != v}
+        if changed:
+            self.history_pending = {"at_step": int(state["step"]), "changed": changed}
+            if self.context.is_main:
+                listed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+                print(f"resuming with changed settings (applied, recorded in the card): {listed}")
 
     def resume(self) -> bool:
         """Load the newest valid checkpoint of the run; False when the run has none yet."""
         if not list_checkpoints(self.run_dir):
             return False
         state, path = load_latest_checkpoint(self.run_dir)
+        self.history_pending = None
+        self._compare_with_checkpoint(state, path)
         self.load_state_dict(state)
+        if self.history_pending:
+            self.history.append(self.history_pending)
         if self.context.is_main:
             print(f"resumed from {path} at step {self.step}")
         return True
@@ -536,8 +733,60 @@ class Trainer:
             generator=worker_seeds,
         )
 
+    def _take_run_folder(self) -> None:
+        """Rank 0 locks the run folder and removes a killed run's temporary files; every rank learns the outcome."""
+        error: BaseException | None = None
+        if self.context.is_main:
+            try:
+                self.lock = RunLock(self.run_dir).acquire()
+                count, size = remove_orphaned_temporaries(self.run_dir)
+                if count:
+                    print(
+                        f"removed {count} orphaned checkpoint temporary file(s) ({size / 1e6:.1f} MB) of a killed run"
+                    )
+            except BaseException as caught:  # noqa: BLE001 - re-raised below, after telling the other ranks
+                error = caught
+        failed = torch.tensor([0.0 if error is None else 1.0], device=self.device)
+        if bool(all_reduce_mean(failed, self.context.world_size) > 0):
+            if error is not None:
+                raise error
+            raise RuntimeError(f"rank 0 could not take the run folder {self.run_dir}")
+
+    def _release_run_folder(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _print_log_line(self, logs: dict[str, Any], samples_per_s: float) -> None:
+        """The --no-progress line every --log-every steps."""
+        if logs.get("skipped"):
+            text = "update skipped (non-finite loss or gradient)"
+        else:
+            clusters = " ".join(f"{v:.4f}" for v in logs["cluster_losses"])
+            text = (
+                f"loss {logs['loss']:.4f} [{clusters}] lr {logs['lr']:.3g} grad_norm {logs['grad_norm']:.3g}"
+            )
+        print(
+            f"step {self.step}/{self.config.steps} {text} {samples_per_s:.0f} samples/s {self.elapsed:.0f} s",
+            flush=True,
+        )
+
     def fit(self) -> dict[str, Any]:
-        """Train up to `config.steps` in total (resuming when asked); returns a summary of the run."""
+        """Train up to `config.steps` in total (resuming when asked); returns a summary of the run.
+
+        Divergence policy: a step with a non-finite loss or gradient is not applied and not
+        checkpointed (a checkpoint due then is written at the next applied step); `max_bad_steps`
+        such steps in a row, weights that are no longer finite at a checkpoint, or a run that reaches
+        `steps` inside a streak of skipped steps raise `TrainingDiverged`, whose message names the last
+        good checkpoint (the newest one written before the run's first skipped step, which pruning keeps).
+        """
+        self._take_run_folder()
+        try:
+            return self._fit()
+        finally:
+            self._release_run_folder()
+
+    def _fit(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         config = self.config
@@ -551,6 +800,8 @@ class Trainer:
         self._open_logs()
         previous_handlers = self._install_signal_handlers()
         stopped_by = None
+        checkpoint_due = False
+        logs: dict[str, Any] = {"skipped": False}
         start_time, window_start, window_samples = time.perf_counter(), time.perf_counter(), 0
         elapsed_before = self.elapsed
         global_batch = config.batch * config.grad_accum * self.context.world_size
@@ -585,15 +836,21 @@ class Trainer:
                     self._log(
                         {"step": self.step, **logs, "samples_per_s": samples_per_s, "elapsed": self.elapsed}
                     )
+                    if not config.progress and self.context.is_main:
+                        self._print_log_line(logs, samples_per_s)
                 sampling_rank = self.context.is_main or self.fsdp
                 if config.sample_every and self.step % config.sample_every == 0 and sampling_rank:
                     self.sample_grid(self.run_dir / "samples" / f"step-{self.step:08d}.png")
                 if self._should_stop():
                     stopped_by = signal.Signals(self._stop_signal or signal.SIGTERM).name
-                    self.save()
+                    if not logs["skipped"]:  # a skipped step is never checkpointed
+                        self.save()
                     break
-                if config.ckpt_every and self.step % config.ckpt_every == 0 and self.step < config.steps:
+                if config.ckpt_every and self.step % config.ckpt_every == 0:
+                    checkpoint_due = True
+                if checkpoint_due and not logs["skipped"] and self.step < config.steps:
                     self.save()
+                    checkpoint_due = False
         finally:
             bar.close()
             for signum, handler in previous_handlers.items():
@@ -604,15 +861,43 @@ class Trainer:
             "wall_time_s": self.elapsed,
             "final_losses": self.last_logs.get("cluster_losses"),
             "final_loss": self.last_logs.get("loss"),
+            "checkpoint": None,
         }
-        if stopped_by is None:
-            self.save()
-            final = self.finish() if self.context.is_main or self.fsdp else None
-            summary["final_dir"] = str(final) if self.context.is_main else None
-        if self._log_file is not None:
-            self._log_file.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        try:
+            if stopped_by is None and self.bad_steps_in_row:
+                raise TrainingDiverged(
+                    f"the run reached --steps {config.steps} inside {self.bad_steps_in_row} consecutive "
+                    "non-finite steps: its weights give non-finite losses, so no final model is written. "
+                    + self.good_checkpoint_note()
+                )
+            if stopped_by is None:
+                if not self._weights_finite():
+                    raise TrainingDiverged(
+                        f"the weights are no longer finite at step {self.step}; no final model is written. "
+                        + self.good_checkpoint_note()
+                    )
+                # the EMA model first: it is the run's result, and needs a fraction of a checkpoint's space
+                final = self.finish() if self.context.is_main or self.fsdp else None
+                summary["final_dir"] = str(final) if self.context.is_main else None
+                try:
+                    summary["checkpoint"] = self.save()
+                except (
+                    CheckpointSpaceError
+                ) as error:  # the run is done; only extending it needs the checkpoint
+                    newest = list_checkpoints(self.run_dir)
+                    warnings.warn(
+                        f"final checkpoint not written: {error}. The final model is complete in {final}; "
+                        f"--resume to extend the run starts from {newest[-1][1] if newest else 'step 0'}",
+                        stacklevel=2,
+                    )
+            elif self.context.is_main:
+                newest = list_checkpoints(self.run_dir)
+                summary["checkpoint"] = newest[-1][1] if newest else None
+        finally:
+            if self._log_file is not None:
+                self._log_file.close()
+            if self._tensorboard is not None:
+                self._tensorboard.close()
         return summary
 
     def finish(self) -> Path:
@@ -621,6 +906,7 @@ class Trainer:
         Under FSDP every rank calls it (gathering the EMA weights and sampling are collectives); rank 0 writes.
         """
         final = self.run_dir / "final"
+        settings = self.resolved_settings()
         card = {
             "description": f"{self.config.model} trained with the zoo trainer on {self.config.data}.",
             "datasets": [self.config.data],
@@ -628,12 +914,19 @@ class Trainer:
             "recipe": {
                 "steps": self.step,
                 "batch": self.config.batch * self.config.grad_accum * self.context.world_size,
-                "lr": self.config.lr,
-                "ema": self.config.ema,
+                **settings,
+                "lr_default": "given"
+                if self.config.lr is not None
+                else (f"default: {TINY_LR} for models of <= {TINY_PARAMS:,} parameters, else {DIT_LR}"),
+                "warmup_default": "given"
+                if self.config.warmup is not None
+                else ("default: 5 % of the steps, at most 1,000"),
+                "ema_decay_at_end": round(self.ema.current_decay(self.step), 6),
                 "precision": self.config.precision,
                 "seed": self.config.seed,
                 "wall_time_s": round(self.elapsed, 1),
                 "processes": self.context.world_size,
+                "resumed_with_changes": self.history,
             },
             "results": {
                 "final_loss": self.last_logs.get("loss"),
@@ -659,9 +952,39 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--steps", type=int, default=d.steps, help="total optimiser steps (also when resuming)"
     )
     parser.add_argument("--batch", type=int, default=d.batch, help="batch per process and micro-step")
-    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=d.lr,
+        help=f"peak learning rate (default: {TINY_LR} for models of <= {TINY_PARAMS:,} parameters, "
+        f"else DiT's {DIT_LR})",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=d.warmup,
+        help="linear lr warm-up steps (default: 5%% of --steps, at most 1000)",
+    )
+    parser.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=d.lr_schedule,
+        help="after the warm-up: constant, or cosine down to 0 at --steps (default: %(default)s)",
+    )
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--ema", type=float, default=d.ema, help="EMA decay (0.999 suits short tiny runs)")
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=d.ema,
+        help="largest EMA decay, in [0, 1) (default: %(default)s; reached gradually, see --ema-warmup-power)",
+    )
+    parser.add_argument(
+        "--ema-warmup-power",
+        type=float,
+        default=d.ema_warmup_power,
+        help="EMA decay warm-up 1-(1+step)^-power (timm ModelEmaV3): 0.994 at 2k steps, 0.999 at 31.6k "
+        "(default: 2/3; 0: constant --ema from the first step)",
+    )
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default=d.precision)
     parser.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step")
     parser.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
@@ -686,12 +1009,27 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--sample-steps", type=int, default=d.sample_steps)
     parser.add_argument("--sample-sampler", choices=("ddpm", "ddim"), default=d.sample_sampler)
     parser.add_argument("--sample-cfg", type=float, default=d.sample_cfg)
-    parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps")
-    parser.add_argument("--keep-last", type=int, default=d.keep_last, help="checkpoints kept")
-    parser.add_argument("--log-every", type=int, default=d.log_every)
+    parser.add_argument(
+        "--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps (0: only at the end)"
+    )
+    parser.add_argument(
+        "--keep-last",
+        type=int,
+        default=d.keep_last,
+        help="checkpoints kept (plus the last one before a non-finite step)",
+    )
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=d.log_every,
+        help="log.jsonl record (and, with --no-progress, a printed line) every N steps",
+    )
     parser.add_argument("--num-workers", type=int, default=d.num_workers)
     parser.add_argument(
-        "--max-bad-steps", type=int, default=d.max_bad_steps, help="stop after N non-finite steps"
+        "--max-bad-steps",
+        type=int,
+        default=d.max_bad_steps,
+        help="stop (rc 1) after N consecutive non-finite steps, naming the last good checkpoint",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -734,7 +1072,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         cleanup()
     if summary["stopped_by"]:
         print(
-            f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint saved (resume with --resume)"
+            f"stopped by {summary['stopped_by']} at step {summary['step']}; newest checkpoint "
+            f"{summary['checkpoint']} (resume with --resume)"
         )
     elif summary.get("final_dir"):
         print(
