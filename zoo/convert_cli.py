@@ -98,7 +98,8 @@ def load_foreign(
         state = convert.strip_dtr_mask_buffers(state, expected_tables=table)
     elif fmt == "auto":
         state = convert.strip_dtr_mask_buffers(state)
-    return state, {}
+    # ANT's released code trains and samples with its create_diffusion default, squaredcos_cap_v2 (cosine)
+    return state, ({"schedule": "cosine"} if fmt == "ant" else {})
 
 
 def convert_to_zoo(

@@ -620,6 +620,8 @@ class Trainer:
 
         Under FSDP every rank calls it (gathering the EMA weights and sampling are collectives); rank 0 writes.
         """
+        from zoo.card import pretrained_lineage
+
         final = self.run_dir / "final"
         card = {
             "description": f"{self.config.model} trained with the zoo trainer on {self.config.data}.",
@@ -640,6 +642,7 @@ class Trainer:
                 "final_cluster_losses": self.last_logs.get("cluster_losses"),
             },
             "load_name": f"local-dir:{final}",
+            **pretrained_lineage(self.config.model, self.config.pretrained),  # licence follows the weights
         }
         weights = full_state_dict(self.ema_model.net) if self.fsdp else None
         if self.context.is_main:
