@@ -69,7 +69,12 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--labels", default="random", help="0,1,2 (cycled) | random | none")
     parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     parser.add_argument("--steps", type=int, default=250, help="sampling steps (respaced)")
-    parser.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale (1 = none)")
+    parser.add_argument(
+        "--cfg",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance scale (1 = none, as model.sample and the leaderboard)",
+    )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=64, help="images per model.sample call")
