@@ -187,6 +187,8 @@ def test_external_weights_use_the_schedule_they_were_trained_with():
         parsed = parse_name(name)  # what zoo.create(name) and zoo.describe(name) build
         assert config_from_name(parsed, **tag_overrides(parsed)[1])["diffusion"]["schedule"] == schedule, name
     assert zoo.describe("adm_64.in1k")["diffusion"]["schedule"] == "cosine"
+    (ant_weights,) = zoo.describe("dit_s_nash_k5")["weights"]
+    assert ant_weights["schedule"] == "cosine" and "squaredcos_cap_v2" in ant_weights["description"]
     ant = get_pretrained_cfg("dit_l_uw_k5.ant_in1k_256")
     assert "Cosine noise schedule (squaredcos_cap_v2" in ant.description
 

@@ -52,7 +52,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"  mtl        {info['mtl']}")
     for weights in info["weights"]:
         print(
-            f"  weights    {weights['name']} ({weights['license']}, {weights['format']}) {weights['results']}"
+            f"  weights    {weights['name']} ({weights['license']}, {weights['format']}, "
+            f"{weights['schedule']} schedule) {weights['results']}"
         )
     if not info["weights"]:
         print("  weights    none registered")

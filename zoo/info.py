@@ -72,7 +72,14 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
     )
     _load_builtin_configs()
     weights = [
-        {"name": cfg.name, "license": cfg.license, "format": cfg.format, "results": cfg.results}
+        {
+            "name": cfg.name,
+            "license": cfg.license,
+            "format": cfg.format,
+            "schedule": cfg.overrides.get("schedule", "linear"),
+            "description": cfg.description,
+            "results": cfg.results,
+        }
         for cfg in _PRETRAINED.values()
         if cfg.arch == parsed.arch_name
     ]
