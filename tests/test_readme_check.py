@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("check_readme", ROOT / "scripts" / "check_readme.py")
 check_readme = importlib.util.module_from_spec(spec)
+sys.modules["check_readme"] = check_readme  # dataclasses look their module up
 spec.loader.exec_module(check_readme)
 
 
