@@ -191,8 +191,11 @@ def card_metadata(config: dict[str, Any], card: dict[str, Any]) -> dict[str, Any
     return {k: data[k] for k in order if k in data}
 
 
-def use_snippet(load_name: str, guidance: float = 1.0) -> str:
-    """Python that returns these weights: locations load their own weights, registry names need pretrained=True."""
+def use_snippet(load_name: str, guidance: float = 1.0, sampler: str = "ddpm", steps: int = 250) -> str:
+    """Python that returns these weights: locations load their own weights, registry names need pretrained=True.
+
+    The sampling call uses the measured protocol's sampler, steps and guidance when the card has one.
+    """
     if load_name.startswith(("local-dir:", "hf-hub:")):
         create = f"zoo.create({load_name!r})"
     else:
@@ -201,7 +204,7 @@ def use_snippet(load_name: str, guidance: float = 1.0) -> str:
         [
             "import zoo",
             f"model = {create}",
-            f"images = model.sample(labels=[0, 1, 2], steps=250, guidance={guidance})",
+            f"images = model.sample(labels=[0, 1, 2], steps={steps}, sampler={sampler!r}, guidance={guidance})",
         ]
     )
 
@@ -285,7 +288,10 @@ def render_card(config: dict[str, Any], card: dict[str, Any], num_parameters: in
             lines += [f"## {section}", "", "```", body, "```", ""]
     if card.get("notes"):
         lines += ["## Notes", "", card["notes"], ""]
-    lines += ["## Use", "", "```python", use_snippet(card.get("load_name", "local-dir:PATH")), "```", ""]
+    protocol = card.get("protocol") or {}
+    sampling = {k: protocol[k] for k in ("sampler", "steps", "guidance") if k in protocol}
+    snippet = use_snippet(card.get("load_name", "local-dir:PATH"), **sampling)
+    lines += ["## Use", "", "```python", snippet, "```", ""]
     return "\n".join(lines)
 
 
