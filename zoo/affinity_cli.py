@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ def run_affinity(args: argparse.Namespace) -> int:
     from clustering.affinity import measure, plot_affinity
     from zoo.data import load_dataset
 
+    if args.batches < 1 or args.batch < 1:
+        raise ValueError(f"--batches and --batch must be >= 1, got {args.batches} and {args.batch}")
     model = zoo.create(args.name, pretrained=args.pretrained) if args.pretrained else zoo.create(args.name)
     data = load_dataset(args.data, split="train")
     generator = torch.Generator().manual_seed(args.seed)
@@ -23,7 +26,15 @@ def run_affinity(args: argparse.Namespace) -> int:
         idx = order[b * args.batch : (b + 1) * args.batch]
         items = [data[int(i)] for i in idx]
         batches.append((torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])))
-    matrix = measure(model.net, model.diffusion, batches, group=args.group, progress=True)
+    # the same seeded generator draws the noise and the timesteps: the same command gives the same matrix
+    matrix = measure(
+        model.net,
+        model.diffusion,
+        batches,
+        group=args.group,
+        progress=not getattr(args, "no_progress", False),
+        generator=generator,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(matrix, out / "affinity.pt")
@@ -37,6 +48,12 @@ def run_affinity(args: argparse.Namespace) -> int:
                 "batch": args.batch,
                 "group": args.group,
                 "seed": args.seed,
+                "command": shlex.join(
+                    ["zoo", "affinity", args.name]
+                    + (["--pretrained", args.pretrained] if args.pretrained else [])
+                    + ["--data", args.data, "--batches", str(args.batches), "--batch", str(args.batch)]
+                    + ["--group", str(args.group), "--seed", str(args.seed), "--out", str(args.out)]
+                ),
                 "matrix": matrix.tolist(),
             },
             indent=1,

@@ -1,36 +1,248 @@
-"""Model cards: README.md with YAML front matter (library, licence, tags, datasets) and a results table."""
+"""Model cards: README.md with the Hub's YAML metadata and the facts of the weights.
+
+The front matter carries the Hub's fields: `library_name`, `license` (+ `license_name` for "other"),
+`tags`, `base_model` (a Hub model id, only when the weights were finetuned from weights that live on
+the Hub), `datasets` (only real Hub dataset ids, see DATASET_HUB_IDS) and `model-index` (measured
+results that carry an evaluation protocol). The body states the parts, the parameter count (all
+parameters, the fixed sin-cos `pos_embed` included, as the DiT paper and the README's size table count
+them; the trainable count beside it), the lineage of the weights and a "Use" snippet that returns these
+weights.
+
+Licences follow the weights (`derived_license`): weights trained from scratch by this project are
+Apache-2.0 like its code; weights trained or finetuned from someone else's weights carry those
+weights' licence (CC BY-NC 4.0 stays non-commercial).
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+#: the licence of weights this project trains from scratch (its code's licence)
+OWN_LICENSE = "apache-2.0"
+#: licence ids the Hub knows (a subset); anything else is written as `license: other` + `license_name`
+HUB_LICENSES = {
+    "apache-2.0",
+    "mit",
+    "bsd-3-clause",
+    "cc-by-4.0",
+    "cc-by-nc-4.0",
+    "cc-by-sa-4.0",
+    "cc-by-nc-sa-4.0",
+    "openrail",
+    "creativeml-openrail-m",
+    "other",
+}
+#: data specs with a real Hub dataset id; others (the 8x8 digits, image folders) are named in the body only
+DATASET_HUB_IDS = {"mnist": "ylecun/mnist", "in1k": "ILSVRC/imagenet-1k", "imagenet": "ILSVRC/imagenet-1k"}
+#: result keys that are generation metrics (go into model-index); others (losses) stay in the table
+METRICS = {
+    "fid": "FID",
+    "kid": "KID (x1000)",
+    "precision": "precision",
+    "recall": "recall",
+    "inception_score": "Inception score",
+    "class_accuracy": "class accuracy",
+}
 
-def _yaml_scalar(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, str) else str(value)
+
+def derived_license(base_license: str | None) -> str:
+    """The licence of weights trained from `base_license` weights (None: trained from scratch here)."""
+    if not base_license:
+        return OWN_LICENSE
+    return base_license
 
 
-def render_card(config: dict[str, Any], card: dict[str, Any], num_parameters: int | None = None) -> str:
-    """A model card from the model config and card facts (license, datasets, command, results, protocol...)."""
+def parameter_counts(config: dict[str, Any]) -> dict[str, int]:
+    """`total` (every parameter, the fixed pos_embed included), `trainable` and `fixed`, on the meta device."""
+    import torch
+
+    from zoo.model import _arch_class
+
+    with torch.device("meta"):
+        net = _arch_class(config["backbone"]["arch"])(**config["backbone"]["kwargs"])
+    total = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "fixed": total - trainable}
+
+
+def _front_matter(path: Path) -> dict[str, Any]:
+    """The YAML metadata of a README.md (empty when there is none)."""
+    if not path.is_file():
+        return {}
+    from huggingface_hub import ModelCard
+
+    return ModelCard(path.read_text()).data.to_dict()
+
+
+def pretrained_lineage(model: str, pretrained: Any) -> dict[str, Any]:
+    """Card facts of weights trained from `pretrained` (as `zoo train --pretrained` / `zoo.create` take it).
+
+    Returns `license` (derived_license of the base), `base_model` (a Hub id or None) and `base_weights`
+    (what the base was: name, licence, sha256, source). No weights are loaded; only configs and cards are read.
+    """
+    if pretrained in (None, False, ""):
+        return {"license": OWN_LICENSE, "base_model": None, "base_weights": None}
+    from zoo.hub import get_pretrained_cfg, is_location
+    from zoo.registry import UnknownModelError, parse_name
+
+    if isinstance(pretrained, dict):
+        return {
+            "license": "other",
+            "license_name": "unknown-base-weights",
+            "base_model": None,
+            "base_weights": {"name": "an in-memory state dict", "license": "unknown"},
+        }
+    spec = str(pretrained)
+    if spec.startswith("hf-hub:") or is_location(spec):
+        if spec.startswith("hf-hub:"):
+            repo = spec[len("hf-hub:") :].partition("@")[0]
+            from zoo.hub import _hub_folder
+
+            meta = _front_matter(_hub_folder(repo) / "README.md")
+            base_model = repo
+        else:
+            folder = Path(spec[len("local-dir:") :] if spec.startswith("local-dir:") else spec).expanduser()
+            meta = _front_matter((folder if folder.is_dir() else folder.parent) / "README.md")
+            base_model = meta.get("base_model")  # a local folder is no Hub id: keep its own base's
+        license = meta.get("license")
+        if license == "other":
+            license = meta.get("license_name", "other")
+        return {
+            "license": derived_license(license or "unknown"),
+            "base_model": base_model,
+            "base_weights": {"name": spec, "license": license or "unknown (no card with a licence)"},
+        }
+    parsed = parse_name(model)
+    key = spec if "." in spec else f"{parsed.arch_name}.{spec}"
+    try:
+        cfg = get_pretrained_cfg(key)
+    except UnknownModelError:
+        cfg = get_pretrained_cfg(f"{parsed.backbone}.{spec}" if "." not in spec else spec)
+    return {
+        "license": derived_license(cfg.license),
+        "base_model": cfg.hf_hub_id,
+        "base_weights": {
+            "name": cfg.name,
+            "license": cfg.license,
+            "sha256": cfg.sha256,
+            "source": cfg.hf_hub_id or cfg.url or cfg.file,
+        },
+    }
+
+
+def _license_fields(license: str) -> dict[str, str]:
+    if license in HUB_LICENSES:
+        return {"license": license}
+    name = "".join(c if c.isalnum() else "-" for c in license.lower()).strip("-") or "unknown"
+    return {"license": "other", "license_name": name}
+
+
+def card_metadata(config: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
+    """The YAML front matter (a dict, in the order written) of a card."""
+    from huggingface_hub import EvalResult, ModelCardData
+
     name = card.get("name") or config.get("name", "model")
     tags = ["diffusion", "dit-mtl-zoo", config["backbone"]["arch"]]
     if config.get("routing"):
         tags.append(f"routing-{config['routing']['name']}")
     if config.get("mtl", {}).get("name", "linear") != "linear":
         tags.append(f"mtl-{config['mtl']['name']}")
+    tags += [t for t in card.get("tags", []) if t not in tags]
+    datasets = sorted({DATASET_HUB_IDS[d] for d in card.get("datasets", []) if d in DATASET_HUB_IDS})
+    eval_results = []
+    results = card.get("results")
+    protocol = card.get("protocol")
+    if isinstance(results, dict) and protocol:  # only measured results with their protocol
+        reference = str(protocol.get("reference", "test split"))
+        data = reference.split(":")[0]
+        for key, label in METRICS.items():
+            if isinstance(results.get(key), (int, float)):
+                eval_results.append(
+                    EvalResult(
+                        task_type="image-generation",
+                        task_name="class-conditional image generation"
+                        if config["backbone"]["kwargs"].get("num_classes", 0)
+                        else "unconditional image generation",
+                        dataset_type=DATASET_HUB_IDS.get(data, data),
+                        dataset_name=reference,
+                        dataset_split="test",
+                        metric_type=key,
+                        metric_value=results[key],
+                        metric_name=label,
+                        metric_config=f"{protocol.get('sampler')}, {protocol.get('steps')} steps, "
+                        f"guidance {protocol.get('guidance')}, {protocol.get('num_samples')} samples, "
+                        f"{protocol.get('extractor')} features",
+                        verified=False,
+                    )
+                )
+    license = _license_fields(card.get("license", OWN_LICENSE))
+    data = ModelCardData(
+        library_name="dit-mtl-zoo",
+        tags=tags,
+        base_model=card.get("base_model") or None,
+        datasets=datasets or None,
+        model_name=name,
+        eval_results=eval_results or None,
+        **license,
+    ).to_dict()
+    order = ["library_name", "license", "license_name", "tags", "base_model", "datasets", "model-index"]
+    return {k: data[k] for k in order if k in data}
+
+
+def use_snippet(load_name: str, guidance: float = 1.0, sampler: str = "ddpm", steps: int = 250) -> str:
+    """Python that returns these weights: locations load their own weights, registry names need pretrained=True.
+
+    The sampling call uses the measured protocol's sampler, steps and guidance when the card has one.
+    """
+    if load_name.startswith(("local-dir:", "hf-hub:")):
+        create = f"zoo.create({load_name!r})"
+    else:
+        create = f"zoo.create({load_name!r}, pretrained=True)"
+    return "\n".join(
+        [
+            "import zoo",
+            f"model = {create}",
+            f"images = model.sample(labels=[0, 1, 2], steps={steps}, sampler={sampler!r}, guidance={guidance})",
+        ]
+    )
+
+
+def render_card(config: dict[str, Any], card: dict[str, Any], num_parameters: int | None = None) -> str:
+    """A model card from the model config and card facts.
+
+    `card` keys: name, description, license, base_model, base_weights, datasets, tags, command, recipe,
+    results, protocol, notes, sha256, load_name. `num_parameters` is ignored in favour of the count of
+    the config's network (parameter_counts), kept for callers that pass it.
+    """
+    import yaml
+
+    name = card.get("name") or config.get("name", "model")
+    meta = card_metadata(config, card)
     lines = [
         "---",
-        "library_name: dit-mtl-zoo",
-        f"license: {_yaml_scalar(card.get('license', 'apache-2.0'))}",
-        "tags:",
+        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(),
+        "---",
+        "",
+        f"# {name}",
+        "",
     ]
-    lines += [f"- {tag}" for tag in tags + list(card.get("tags", []))]
-    if card.get("datasets"):
-        lines.append("datasets:")
-        lines += [f"- {d}" for d in card["datasets"]]
-    lines += ["---", "", f"# {name}", ""]
     if card.get("description"):
         lines += [card["description"], ""]
+    license = card.get("license", OWN_LICENSE)
+    base = card.get("base_weights")
+    if base:
+        lines += [
+            f"Licence: **{license}**, the licence of the weights it was trained from "
+            f"(`{base.get('name')}`, {base.get('license')}).",
+            "",
+        ]
+    else:
+        lines += [
+            f"Licence: **{license}** (trained from scratch by this project, whose code is Apache-2.0).",
+            "",
+        ]
     clusters = config.get("clustering", {})
     lines += [
         "| part | setting |",
@@ -42,8 +254,18 @@ def render_card(config: dict[str, Any], card: dict[str, Any], num_parameters: in
         f"| weighting | {json.dumps(config.get('weighting')) if config.get('weighting') else 'none'} |",
         f"| diffusion | {json.dumps(config.get('diffusion'))} |",
     ]
-    if num_parameters is not None:
-        lines.append(f"| parameters | {num_parameters:,} |")
+    try:
+        counts = parameter_counts(config)
+        lines.append(
+            f"| parameters | {counts['total']:,} (all, the fixed sin-cos pos_embed's {counts['fixed']:,} "
+            f"included; {counts['trainable']:,} trainable) |"
+        )
+    except Exception:  # a config this version cannot build: state what the weights file holds
+        if num_parameters is not None:
+            lines.append(f"| parameters | {num_parameters:,} (tensors in model.safetensors) |")
+    if base:
+        facts = ", ".join(f"{k} {v}" for k, v in base.items() if v and k != "name")
+        lines.append(f"| base weights | `{base.get('name')}` ({facts}) |")
     if card.get("sha256"):
         lines.append(f"| model.safetensors sha256 | `{card['sha256']}` |")
     lines.append("")
@@ -66,14 +288,35 @@ def render_card(config: dict[str, Any], card: dict[str, Any], num_parameters: in
             lines += [f"## {section}", "", "```", body, "```", ""]
     if card.get("notes"):
         lines += ["## Notes", "", card["notes"], ""]
-    lines += [
-        "## Use",
-        "",
-        "```python",
-        "import zoo",
-        f"model = zoo.create({card.get('load_name', 'local-dir:PATH')!r})",
-        "images = model.sample(labels=[0, 1, 2], steps=250, guidance=1.5)",
-        "```",
-        "",
-    ]
+    protocol = card.get("protocol") or {}
+    sampling = {k: protocol[k] for k in ("sampler", "steps", "guidance") if k in protocol}
+    snippet = use_snippet(card.get("load_name", "local-dir:PATH"), **sampling)
+    lines += ["## Use", "", "```python", snippet, "```", ""]
     return "\n".join(lines)
+
+
+def shipped_card(name: str, entry: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The card facts of a shipped model from its manifest entry (zoo/pretrained/shipped.json)."""
+    from zoo.pretrained_shipped import DATA_DESCRIPTIONS
+
+    recipe, tag = name.split(".", 1)
+    flag = "" if tag == "digits" else f" --data {tag}"
+    data_note = (
+        " The digits are scikit-learn's `load_digits` (UCI optdigits), which has no Hub dataset id."
+        if tag == "digits"
+        else ""
+    )
+    return {
+        "name": name,
+        "description": f"`{recipe}` trained from scratch by this project on {DATA_DESCRIPTIONS[tag]}: the EMA "
+        f"weights of seed 0, trained by `scripts/train_shipped.py{flag}` (the command below) and measured "
+        f"by `zoo leaderboard{flag}` under the protocol below.{data_note}",
+        "license": OWN_LICENSE,
+        "datasets": [tag],
+        "command": entry["command"],
+        "recipe": entry["recipe"],
+        "results": entry.get("results"),
+        "protocol": entry.get("evaluation"),
+        "sha256": entry["sha256"],
+        "load_name": name,
+    }

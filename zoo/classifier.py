@@ -33,8 +33,12 @@ ARCHITECTURE = {"digits": {}, "mnist": {"pool": 4}}
 def classifier_dir(data: str) -> Path:
     """`zoo/pretrained/<data>_classifier`, for a built-in data set with a shipped classifier."""
     if data not in TRAINING:
-        raise ValueError(f"no classifier for data {data!r}; built-in data sets: {', '.join(sorted(TRAINING))}")
+        raise ValueError(
+            f"no classifier for data {data!r}; built-in data sets: {', '.join(sorted(TRAINING))}"
+        )
     return PACKAGE_WEIGHTS / f"{data}_classifier"
+
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
@@ -48,7 +52,12 @@ class DigitsClassifier(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int = 1, num_classes: int = 10, width: int = 16, num_features: int = 64, pool: int = 1
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 16,
+        num_features: int = 64,
+        pool: int = 1,
     ) -> None:
         super().__init__()
         self.config = {
@@ -102,7 +111,11 @@ def accuracy(model: DigitsClassifier, images: torch.Tensor, labels: torch.Tensor
 
 
 def train_classifier(
-    data: str = "digits", epochs: int | None = None, batch: int | None = None, lr: float | None = None, seed: int = 0
+    data: str = "digits",
+    epochs: int | None = None,
+    batch: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
 ) -> tuple[DigitsClassifier, float]:
     """Train on `data`'s train split (AdamW, one-cycle schedule, shift augmentation); return it and its test accuracy."""
     from zoo.data import load_dataset

@@ -4,6 +4,7 @@ affinity, routing, leaderboard, fid, demo."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -31,9 +32,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"{info['name']}")
     for part, value in info["parts"].items():
         print(f"  {part:<10} {value}")
-    print(f"  parameters {info['parameters']:,}")
+    kwargs = info["backbone_kwargs"]
+    size = kwargs.get("input_size", kwargs.get("image_size"))
+    print(
+        f"  input      {size}x{size}x{kwargs.get('in_channels')}, {kwargs.get('num_classes', 0):,} classes"
+        + (f", VAE {info['vae']['repo']}" if info.get("vae") else "")
+    )
+    print(f"  diffusion  {info['diffusion']}")
+    print(
+        f"  parameters {info['parameters']:,} (fixed sin-cos pos_embed included; "
+        f"{info['trainable_parameters']:,} trainable)"
+    )
     if info["gflops"] is not None:
-        print(f"  GFLOPs     {info['gflops']:.2f}")
+        print(f"  GFLOPs     {info['gflops']:.4g}")
     if info["clusters"] is not None:
         print(f"  intervals  {info['clusters']}")
     if info["routing"]:
@@ -41,7 +52,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"  mtl        {info['mtl']}")
     for weights in info["weights"]:
         print(
-            f"  weights    {weights['name']} ({weights['license']}, {weights['format']}) {weights['results']}"
+            f"  weights    {weights['name']} ({weights['license']}, {weights['format']}, "
+            f"{weights['schedule']} schedule) {weights['results']}"
         )
     if not info["weights"]:
         print("  weights    none registered")
@@ -121,11 +133,33 @@ def _delegate(module: str, adder: str, runner: str):
     return add, run
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` states every option's default, also for options declared without a help text."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if (
+            not action.help
+            and action.default is not argparse.SUPPRESS
+            and (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))
+        ):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="zoo", description="Diffusion transformers trained as multi-task learners."
+        prog="zoo",
+        description="Diffusion transformers trained as multi-task learners.",
+        formatter_class=DefaultsHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kwargs):  # every subcommand's --help shows its defaults
+        return _add_parser(name, formatter_class=DefaultsHelpFormatter, **kwargs)
+
+    sub.add_parser = add_parser
 
     p = sub.add_parser("list", help="list model names (composable space, or --pretrained weights)")
     p.add_argument("pattern", nargs="?", default="*")
@@ -199,6 +233,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--group", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="affinity")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_affinity)
 
     p = sub.add_parser("demo", help="the README's main job on the built-in digits")

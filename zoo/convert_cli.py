@@ -79,11 +79,12 @@ def _diffusers_weights(src: str) -> tuple[dict[str, torch.Tensor], dict[str, Any
 
 def load_foreign(
     src: str, fmt: str = "auto", timestep_embedding: str = "diffusers", beta: float = 0.8, alpha: float = 4.0
-) -> tuple[dict, dict]:
-    """(our state dict, DiT kwargs from the source's config) of a foreign checkpoint.
+) -> tuple[dict, dict, dict]:
+    """(our state dict, DiT kwargs from the source's config, recipe settings) of a foreign checkpoint.
 
     A diffusers folder gives every DiT argument from its config.json; an original `.pt` has no
-    config ({}), so its settings come from the weights' shapes (`infer_dit_backbone`).
+    config ({}), so its settings come from the weights' shapes (`infer_dit_backbone`). The recipe
+    settings are what the weights were trained with that neither tells (ANT: the cosine schedule).
 
     `fmt="dtr"` checks the routing tables a DTR checkpoint stores against our DTR table for (beta,
     alpha) before dropping them; "auto" drops any stored mask buffers unchecked.
@@ -99,7 +100,7 @@ def load_foreign(
     if is_diffusers:  # the full foreign config: heads, patch, classes, sample size, channels, sigma
         state, config = _diffusers_weights(src)
         kwargs = convert.dit_config_from_diffusers(config, timestep_embedding=timestep_embedding)
-        return convert.diffusers_to_dit(state, int(kwargs["input_size"])), kwargs
+        return convert.diffusers_to_dit(state, int(kwargs["input_size"])), kwargs, {}
     if not path.is_file():
         raise FileNotFoundError(f"{src} does not exist")
     state = convert.load_original_dit_checkpoint(path)
@@ -111,7 +112,8 @@ def load_foreign(
         state = convert.strip_dtr_mask_buffers(state, expected_tables=table)
     elif fmt == "auto":
         state = convert.strip_dtr_mask_buffers(state)
-    return state, {}
+    # ANT's released code trains and samples with its create_diffusion default, squaredcos_cap_v2 (cosine)
+    return state, {}, ({"schedule": "cosine"} if fmt == "ant" else {})
 
 
 def convert_to_zoo(
@@ -127,7 +129,7 @@ def convert_to_zoo(
     """Convert and write; the written folder loads with zoo.create('local-dir:DST')."""
     from zoo.model import DiffusionModel, config_from_name
 
-    state, foreign = load_foreign(src, fmt, timestep_embedding, beta=beta, alpha=alpha)
+    state, foreign, recipe_settings = load_foreign(src, fmt, timestep_embedding, beta=beta, alpha=alpha)
     if foreign:  # built from the foreign config, not from a registered size
         kwargs = dict(foreign)
         try:
@@ -143,7 +145,7 @@ def convert_to_zoo(
     if num_classes is not None and num_classes != kwargs["num_classes"]:
         raise ValueError(f"the weights have {kwargs['num_classes']} classes, not {num_classes}")
     recipe = name or backbone
-    model = DiffusionModel(config_from_name(recipe, **kwargs))
+    model = DiffusionModel(config_from_name(recipe, **kwargs, **recipe_settings))
     missing, unexpected = model.net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{src}: does not fit {recipe}: missing {missing[:8]}, unexpected {unexpected[:8]}")

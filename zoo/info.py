@@ -2,33 +2,68 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from zoo.diffusion import GaussianDiffusion
-from zoo.hub import _PRETRAINED, _load_builtin_configs
+from zoo.hub import (
+    _PRETRAINED,
+    PACKAGE_WEIGHTS,
+    _backbone_overrides_from,
+    _load_builtin_configs,
+    _vae_override,
+    get_pretrained_cfg,
+    read_config,
+)
 from zoo.model import _arch_class
-from zoo.validate import check_name
+from zoo.registry import parse_name
+from zoo.validate import check_recipe
+
+#: how `parameters` is counted, here, in the cards and in the README's size table (the DiT paper's way)
+PARAMETER_COUNT = "all parameters, the fixed sin-cos pos_embed included (trainable_parameters excludes it)"
+
+
+def tag_overrides(parsed) -> tuple[Any, dict[str, Any]]:
+    """The weight config of a tagged name and the settings it fixes, as `zoo.create(name.tag)` applies them.
+
+    For the zoo's own weights whose folder is on disk (the shipped ones) the folder's config.json is the
+    truth (what `pretrained=True` builds); otherwise the weight config's overrides.
+    """
+    cfg = get_pretrained_cfg(parsed.full_name)
+    out = {**cfg.overrides, **_vae_override(cfg)}
+    if cfg.format == "zoo" and cfg.file:
+        folder = Path(cfg.file).expanduser()
+        folder = folder if folder.is_absolute() else PACKAGE_WEIGHTS / folder
+        if (folder / "config.json").is_file():
+            out.update(_backbone_overrides_from(read_config(folder), parsed.backbone))
+    return cfg, out
 
 
 def describe(name: str, **overrides: Any) -> dict[str, Any]:
-    """Accepts exactly the names `zoo.create` accepts (`zoo.validate.check_name`: unknown tags and configs
-    that cannot build are errors), with the tag's settings applied."""
+    """Accepts exactly the names `zoo.create` accepts (`zoo.validate.check_recipe`: unknown tags and configs
+    that cannot build are errors), with the tag's settings applied as `zoo.create(name.tag)` applies them."""
     from zoo.hub import _location_config, is_location
 
+    tagged = None
     if is_location(name):  # a weights folder: its (validated) config.json, as `zoo.create` reads it
         if overrides:
             raise TypeError(f"overrides {sorted(overrides)} cannot change a model loaded from {name}")
         config, _ = _location_config(str(name))
         parsed = _parts_of(config)
     else:
-        parsed, _, config = check_name(name, **overrides)
+        parsed = parse_name(name)
+        if parsed.tag:  # an unknown tag is an error here, as in create
+            tagged, fixed = tag_overrides(parsed)
+            overrides = {**fixed, **overrides}
+        config = check_recipe(parsed, overrides)
     affinity = config.pop("_affinity", None)
     kwargs = config["backbone"]["kwargs"]
     with torch.device("meta"):
         net = _arch_class(config["backbone"]["arch"])(**kwargs)
-    params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    params = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     flops = None
     if config["backbone"]["arch"] == "dit":
         from models.dit import gflops
@@ -54,7 +89,14 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
         ).intervals
     _load_builtin_configs()
     weights = [
-        {"name": cfg.name, "license": cfg.license, "format": cfg.format, "results": cfg.results}
+        {
+            "name": cfg.name,
+            "license": cfg.license,
+            "format": cfg.format,
+            "schedule": cfg.overrides.get("schedule", "linear"),
+            "description": cfg.description,
+            "results": cfg.results,
+        }
         for cfg in _PRETRAINED.values()
         if cfg.arch == parsed.arch_name
     ]
@@ -70,6 +112,11 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
         },
         "backbone_kwargs": kwargs,
         "parameters": params,
+        "trainable_parameters": trainable,
+        "parameter_count": PARAMETER_COUNT,
+        "diffusion": dcfg,
+        "vae": config.get("vae"),
+        "pretrained": tagged.name if tagged is not None else None,
         "gflops": flops,
         "clusters": clusters,
         "routing": config.get("routing"),

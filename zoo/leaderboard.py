@@ -21,7 +21,8 @@ import torch
 
 from zoo import evaluate
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+#: where `zoo leaderboard` writes by default: a folder in the directory it is run from (never the package)
+DEFAULT_OUT = Path("leaderboard")
 METRIC_COLUMNS = ("fid", "kid", "precision", "recall", "inception_score", "class_accuracy")
 SUPPORTED_DATA = ("digits", "mnist")
 
@@ -284,7 +285,7 @@ def plot_curves(curves: list[dict[str, Any]], path: Path, data: str = "digits") 
 
 def run_leaderboard(
     settings: LeaderboardSettings,
-    out: Path = RESULTS_DIR,
+    out: Path = DEFAULT_OUT,
     runs: Path | None = None,
     curve_samples: int = 200,
     names: list[str] | None = None,
@@ -318,34 +319,36 @@ def run_leaderboard(
 
 
 def write_cards(payload: dict[str, Any]) -> None:
-    """Record each shipped model's measured results and protocol in the manifest and its card."""
-    from zoo.card import render_card
+    """Record each shipped model's measured results and protocol in the manifest and its card.
+
+    A maintainer's step (`--write-cards`, run by scripts/train_shipped.py): it writes into the package.
+    """
+    from zoo.pretrained_shipped import SHIPPED_MANIFEST
+
+    manifest = json.loads(SHIPPED_MANIFEST.read_text())
+    for row in payload["results"]:
+        entry = manifest[row["model"]]
+        entry["results"] = {m: round(row[m], 5) for m in METRIC_COLUMNS if m in row}
+        entry["evaluation"] = row["protocol"]
+    SHIPPED_MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_shipped_cards([row["model"] for row in payload["results"]])
+
+
+def write_shipped_cards(names: list[str] | None = None) -> list[Path]:
+    """(Re)write the README.md of shipped models from the manifest (all of them by default)."""
+    from zoo.card import render_card, shipped_card
     from zoo.hub import PACKAGE_WEIGHTS
     from zoo.pretrained_shipped import SHIPPED_MANIFEST
 
     manifest = json.loads(SHIPPED_MANIFEST.read_text())
-    from zoo.pretrained_shipped import DATA_DESCRIPTIONS
-
-    for row in payload["results"]:
-        recipe, tag = row["model"].split(".", 1)
-        entry = manifest[row["model"]]
-        entry["results"] = {m: round(row[m], 5) for m in METRIC_COLUMNS if m in row}
-        entry["evaluation"] = row["protocol"]
+    written = []
+    for name in names if names is not None else sorted(manifest):
+        entry = manifest[name]
         folder = PACKAGE_WEIGHTS / entry["file"]
         config = json.loads((folder / "config.json").read_text())
-        card = {
-            "name": row["model"],
-            "description": f"{recipe} trained by this project on {DATA_DESCRIPTIONS[tag]} (EMA weights of seed 0).",
-            "datasets": [tag],
-            "command": entry["command"],
-            "recipe": entry["recipe"],
-            "results": entry["results"],
-            "protocol": row["protocol"],
-            "sha256": entry["sha256"],
-            "load_name": row["model"],
-        }
-        (folder / "README.md").write_text(render_card(config, card))
-    SHIPPED_MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+        (folder / "README.md").write_text(render_card(config, shipped_card(name, entry, config)))
+        written.append(folder / "README.md")
+    return written
 
 
 def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -365,7 +368,11 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
         "--runs", default=None, help="training runs (RUNS/<recipe>/seed<S>/checkpoints) for curves"
     )
     parser.add_argument("--curve-samples", type=int, default=200, help="samples per checkpoint on the curves")
-    parser.add_argument("--out", default=str(RESULTS_DIR))
+    parser.add_argument(
+        "--out",
+        default=str(DEFAULT_OUT),
+        help="folder for the JSON, Markdown and PNGs (relative: to the current directory)",
+    )
     parser.add_argument(
         "--npz", default=None, help="also save each model's samples as NPZ for the ADM evaluator"
     )

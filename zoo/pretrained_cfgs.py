@@ -1,7 +1,18 @@
 """The built-in weight configs (plain data). Each `arch.tag` says where its weights live, their
 licence, how they were trained and what they score, with the protocol of every number.
 
-Numbers marked `measured_here: False` are the authors' own, quoted from the papers (../shared/PAPERS.md).
+Numbers marked `measured_here: False` are the authors' own, quoted from the papers.
+
+Every external weight states the noise schedule it was trained and evaluated with (`overrides["schedule"]`),
+read from its authors' released code (tests/test_zoo.py::test_external_weights_use_their_schedule):
+- original DiT (facebookresearch/DiT): `create_diffusion(noise_schedule="linear")` is the default that
+  train.py and sample.py use -> linear;
+- ANT (gohyojun15/ANT_diffusion): its diffusion/__init__.py changed that default to
+  `noise_schedule="squaredcos_cap_v2"` (improved DDPM's cosine), and train_uw_multi_gpu.py,
+  train_ant_single_gpu.py and sample_ddp.py all call `create_diffusion(...)` without the argument (the comment
+  beside the training call still says "linear") -> cosine;
+- ADM (openai/guided-diffusion README flags): 64x64 `--noise_schedule cosine`, 256x256 unconditional
+  `--noise_schedule linear`.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ for _size in (256, 512):
             url=f"https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-{_size}x{_size}.pt",
             license=CC_BY_NC,
             description=f"Original DiT-XL/2 trained on ImageNet {_size}x{_size} latents (7M steps). CC BY-NC 4.0.",
-            overrides={"input_size": _size // 8, "in_channels": 4, "num_classes": 1000},
+            overrides={"input_size": _size // 8, "in_channels": 4, "num_classes": 1000, "schedule": "linear"},
             recipe={"steps": 7_000_000, "batch": 256, "lr": 1e-4, "ema": 0.9999, "schedule": "linear"},
             evaluation={
                 "sampler": "ddpm",
@@ -55,6 +66,9 @@ _ANT = [
         "DiT-S/2, ANT uncertainty weighting over 5 uniform clusters (released checkpoint)",
     ),
 ]
+#: ANT's VAEs, from their sample_ddp.py: DiT-S/2 decodes with the SDXL VAE (fp16-fix; its config's
+#: scaling factor 0.13025), DiT-L/2 with sd-vae-ft-ema (0.18215)
+ANT_SDXL_VAE = {"repo": "madebyollin/sdxl-vae-fp16-fix", "scale": 0.13025}
 for _arch, _tag, _fid, _desc in _ANT:
     register_pretrained(
         PretrainedCfg(
@@ -64,18 +78,22 @@ for _arch, _tag, _fid, _desc in _ANT:
             file=f"~/.cache/dit-mtl-zoo/manual/{_arch}_ant.pt",
             license="see the ANT repository",
             description=_desc
-            + ". Download the .pt by hand from the ANT repository's link and place it at the `file` path.",
-            overrides={"input_size": 32, "in_channels": 4, "num_classes": 1000},
-            recipe={"steps": 400_000, "batch": 240, "lr": 1e-4, "ema": 0.9999},
+            + ". Cosine noise schedule (squaredcos_cap_v2, the default of ANT's create_diffusion, which their "
+            "training and sampling scripts use). Download the .pt by hand from the ANT repository's link and "
+            "place it at the `file` path. ANT's repository states no licence for its code or checkpoints; "
+            "their training code derives from DiT's (CC BY-NC 4.0).",
+            overrides={"input_size": 32, "in_channels": 4, "num_classes": 1000, "schedule": "cosine"},
+            recipe={"steps": 400_000, "batch": 240, "lr": 1e-4, "ema": 0.9999, "schedule": "cosine"},
             evaluation={
                 "sampler": "ddpm",
                 "steps": 250,
                 "guidance": 1.5,
+                "schedule": "cosine",
                 "samples": 50_000,
                 "feature_extractor": "ADM Inception (FID-50K)",
             },
             results={"fid": _fid, "measured_here": False},
-            vae={"repo": "stabilityai/sdxl-vae", "scale": 0.13025} if _arch.startswith("dit_s") else SD_VAE,
+            vae=ANT_SDXL_VAE if _arch.startswith("dit_s") else SD_VAE,
         )
     )
 

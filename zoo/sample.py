@@ -73,8 +73,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument(
         "--cfg",
         type=finite_float(0.0, note="1 = no guidance"),
-        default=1.5,
-        help="classifier-free guidance scale (1 = none)",
+        default=1.0,
+        help="classifier-free guidance scale (1 = none, as model.sample and the leaderboard)",
     )
     parser.add_argument("--eta", type=finite_float(0.0, 1.0), default=0.0, help="DDIM eta, in [0, 1]")
     parser.add_argument("--seed", type=int, default=0)

@@ -905,6 +905,8 @@ class Trainer:
 
         Under FSDP every rank calls it (gathering the EMA weights and sampling are collectives); rank 0 writes.
         """
+        from zoo.card import pretrained_lineage
+
         final = self.run_dir / "final"
         settings = self.resolved_settings()
         card = {
@@ -933,6 +935,7 @@ class Trainer:
                 "final_cluster_losses": self.last_logs.get("cluster_losses"),
             },
             "load_name": f"local-dir:{final}",
+            **pretrained_lineage(self.config.model, self.config.pretrained),  # licence follows the weights
         }
         weights = full_state_dict(self.ema_model.net) if self.fsdp else None
         # the EMA copy's balancer is the step-0 one: publish the trained balancer state (mtl.safetensors)
@@ -976,7 +979,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--ema",
         type=float,
         default=d.ema,
-        help="largest EMA decay, in [0, 1) (default: %(default)s; reached gradually, see --ema-warmup-power)",
+        help="largest EMA decay, in [0, 1), reached gradually (see --ema-warmup-power)",
     )
     parser.add_argument(
         "--ema-warmup-power",
