@@ -429,7 +429,23 @@ def create(
     model = DiffusionModel.from_name(parsed, **overrides)
     if state_dict is not None:
         _load_into(model, state_dict, strict=strict, source=source, interpolate=interpolate_pos_embed)
+        from zoo.model import check_warm_start
+
+        check_warm_start(model, _source_routing(source_config, source, pretrained), source)
     return model
+
+
+def _source_routing(source_config: dict[str, Any] | None, source: str | None, pretrained: Any) -> Any:
+    """The routing the loaded weights were trained with: a router config, None (plain) or "unknown"."""
+    if source_config is not None:
+        return source_config.get("routing")
+    if isinstance(pretrained, dict) or source is None:
+        return "unknown"
+    if str(source).endswith((".pt", ".pth", ".bin")):  # an original (plain) DiT checkpoint
+        return None
+    if _is_location(source):  # a bare .safetensors file: no config to tell
+        return "unknown"
+    return None if parse_name(source).routing is None else "unknown"  # a registered arch.tag
 
 
 def _vae_override(cfg: PretrainedCfg) -> dict[str, Any]:

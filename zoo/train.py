@@ -84,6 +84,7 @@ class TrainConfig:
     out: str = "runs/run"
     resume: bool = False
     pretrained: str | None = None
+    routing_warmup: int | None = None
     image_size: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     sample_every: int = 0
@@ -107,6 +108,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema <= 1.0:
             raise ValueError(f"ema decay must be in [0, 1], got {self.ema}")
+        if self.routing_warmup is not None and self.routing_warmup < 0:
+            raise ValueError(f"routing_warmup must be >= 0 (or None: automatic), got {self.routing_warmup}")
 
     def to_command(self) -> str:
         """The `zoo train` command line that reproduces this config."""
@@ -190,7 +193,11 @@ class Trainer:
             overrides = {**model_overrides_for(self.dataset), **config.overrides}
             if config.grad_checkpointing:
                 overrides["grad_checkpointing"] = True
-            model = zoo.create(config.model, pretrained=config.pretrained or False, **overrides)
+            with warnings.catch_warnings():  # the warm start below is what that warning asks for
+                warnings.filterwarnings(
+                    "ignore", message=".*these weights were trained (with|without) routing"
+                )
+                model = zoo.create(config.model, pretrained=config.pretrained or False, **overrides)
         elif config.grad_checkpointing:
             model.net.grad_checkpointing = True
         self.model = model.to(self.device).train()
@@ -206,6 +213,7 @@ class Trainer:
                 "parameters: GradScaler unscales FSDP-sharded and ordinary gradients in one kernel; use "
                 "--precision bf16 (FSDP mixed precision) or fp32"
             )
+        self.routing_warmup = self._warm_start()
         broadcast_module(self.model)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.ema = EMA(self.model.net, config.ema, shadow=self.ema_model.net)
@@ -258,6 +266,42 @@ class Trainer:
             raise ValueError(
                 f"data {self.config.data!r} gives (C, H, W) {actual}, the model expects {expected}"
             )
+
+    def _warm_start(self) -> int:
+        """Warm start of pretrained weights: the balancer at linear weighting, the masks from all ones.
+
+        Returns the routing warm-up length N: `--routing-warmup N`, or by default half the run when
+        `--pretrained` weights of another routing go into a routed recipe (0 otherwise).
+        """
+        config, model = self.config, self.model
+        routed = getattr(model.net, "router", None) is not None
+        if config.routing_warmup is None:
+            steps = config.steps // 2 if routed and getattr(model, "warm_start_needed", False) else 0
+        else:
+            steps = config.routing_warmup
+        if steps and not routed:
+            raise ValueError(f"--routing-warmup {steps}: {model.config['name']!r} has no routing to warm up")
+        if config.pretrained:
+            model.balancer.neutral_start()
+        if routed and steps:
+            model.apply_routing_warmup(0, steps)
+            if self.context.is_main and not config.resume:
+                print(f"warm start: routing masks annealed from all ones to the recipe's over {steps} steps")
+        return steps
+
+    def _apply_routing_warmup(self) -> None:
+        """Mask strength for the next step (model and EMA alike), derived from the step.
+
+        Until the warm-up ends the EMA equals the live weights: an average over weights fitted to
+        other mask strengths does not fit the current masks (digits, EMA 0.995: FID 301 at the end of
+        a 100-step warm-up where the live weights had 21; benchmarks/REPLICATION.md). The average
+        starts afresh from the weights at step N, under the recipe's masks.
+        """
+        if self.routing_warmup:
+            for model in (self.model, self.ema_model):
+                model.apply_routing_warmup(self.step, self.routing_warmup)
+            if 0 < self.step <= self.routing_warmup:
+                self.ema.load_state_dict(self.model.net.state_dict())
 
     # ------------------------------------------------------------------ one step
 
@@ -393,6 +437,7 @@ class Trainer:
             "data_order": {"epoch": self.data_order.epoch, "position": self.data_order.position},
             "rng": rng_per_rank,
             "bad_steps_in_row": self.bad_steps_in_row,
+            "routing_warmup": self.routing_warmup,
             "elapsed": self.elapsed,
             "world_size": self.context.world_size,
             "model_config": json.dumps(self.model.config),
@@ -413,6 +458,8 @@ class Trainer:
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.routing_warmup = int(state.get("routing_warmup", self.routing_warmup))  # the run's schedule
+        self._apply_routing_warmup()
         self.data_order = DataOrder(**state["data_order"])
         self.bad_steps_in_row = int(state["bad_steps_in_row"])
         self.elapsed = float(state["elapsed"])
@@ -568,6 +615,7 @@ class Trainer:
                 logs = self.train_step(x0, y)
                 self.data_order = self.sampler.advance(self.data_order)
                 self.step += 1
+                self._apply_routing_warmup()
                 self.elapsed = elapsed_before + time.perf_counter() - start_time
                 window_samples += global_batch
                 bar.update(1)
@@ -632,6 +680,7 @@ class Trainer:
                 "ema": self.config.ema,
                 "precision": self.config.precision,
                 "seed": self.config.seed,
+                "routing_warmup": self.routing_warmup,
                 "wall_time_s": round(self.elapsed, 1),
                 "processes": self.context.world_size,
             },
@@ -675,6 +724,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--out", default=None, help="run folder (default runs/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
     parser.add_argument("--pretrained", default=None, help="start from weights: TAG, arch.tag or a path")
+    parser.add_argument(
+        "--routing-warmup",
+        type=int,
+        default=None,
+        metavar="N",
+        help="anneal the routing masks from all ones to the recipe's over N steps (default: half the run "
+        "when --pretrained weights of another routing go into a routed recipe, else 0)",
+    )
     parser.add_argument("--image-size", type=int, default=None, help="image side for imagefolder data")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="model override")
     parser.add_argument(
