@@ -1,7 +1,8 @@
 """Finetuning plain pretrained weights into a routed / MTL recipe: the warm start against the alternatives.
 
     python scripts/finetune_study.py --data digits      # trains and evaluates; writes finetune_digits.json
-    python scripts/finetune_study.py --data mnist
+    python scripts/finetune_study.py --data mnist --seeds 0   # seed groups may run side by side
+    python scripts/finetune_study.py --data mnist --seeds 1 2
     python scripts/finetune_study.py --report           # merges into finetune.json, stats and the plot
 
 Arms, each for the same optimiser steps and seeds (the shipped recipe's lr, batch and EMA):
@@ -10,8 +11,8 @@ Arms, each for the same optimiser steps and seeds (the shipped recipe's lr, batc
   ones to the recipe's over half the run, balancer at linear weighting);
 * ``scratch``: `zoo train ROUTED` from random weights;
 * ``plain``: `zoo train PLAIN --pretrained BASE`, the plain model continued;
-* ``naive`` (digits only): `zoo train ROUTED --pretrained BASE --routing-warmup 0`, the recipe's masks
-  from step 0 (what `zoo.create(ROUTED, pretrained=BASE)` gave before the warm start).
+Step 0 also evaluates ``naive``: the recipe's masks on the base weights from step 0 (what
+`zoo.create(ROUTED, pretrained=BASE)` gave before the warm start; `--routing-warmup 0` trains it).
 
 Every checkpoint's EMA weights are evaluated under the leaderboard's protocol (zoo/leaderboard.py:
 500 class-balanced samples, 25 DDIM steps, guidance 1, the shipped classifier's features against the
@@ -43,16 +44,16 @@ STUDY = {
         "base": "dit_t.digits",
         "plain": "dit_t",
         "routed": "dit_t_dtr_nash_k5",
-        "steps": 200,
-        "every": 100,
+        "steps": 120,
+        "every": 60,
         "arms": ("warm", "scratch", "plain"),
     },
     "mnist": {
         "base": "dit_t_p4.mnist",
         "plain": "dit_t_p4",
         "routed": "dit_t_p4_dtr_uw_k5",
-        "steps": 100,
-        "every": 50,
+        "steps": 60,
+        "every": 60,
         "arms": ("warm", "scratch", "plain"),
     },
 }
@@ -126,7 +127,11 @@ def step_zero(evaluator, spec: dict) -> dict:
     return out
 
 
-def run_data(data: str) -> Path:
+def result_path(data: str, seeds: tuple[int, ...]) -> Path:
+    return RESULTS / f"finetune_{data}_seeds{''.join(map(str, seeds))}.json"
+
+
+def run_data(data: str, seeds: tuple[int, ...] = SEEDS) -> Path:
     from zoo.leaderboard import Evaluator, LeaderboardSettings
 
     torch.set_num_threads(1)
@@ -137,14 +142,15 @@ def run_data(data: str) -> Path:
     started = time.perf_counter()
     result: dict = {"data": data, **{k: v for k, v in spec.items() if k != "arms"}, "arms": {}}
     result["protocol"] = {k: getattr(settings, k) for k in ("samples", "steps", "sampler", "cfg", "seed")}
-    previous_path = RESULTS / f"finetune_{data}.json"
+    previous_path = result_path(data, seeds)
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
     if previous.get("steps") != spec["steps"] or previous.get("protocol") != result["protocol"]:
         previous = {}  # an earlier study of other settings: nothing to reuse
-    result["step0"] = previous.get("step0") or step_zero(evaluator, spec)
+    result["seeds"] = list(seeds)
+    result["step0"] = previous.get("step0") or (step_zero(evaluator, spec) if 0 in seeds else None)
     result["commands"] = []
     result["arms"] = {arm: {} for arm in spec["arms"]}
-    for seed in SEEDS:  # seed-major: an interrupted study still has every arm for its first seeds
+    for seed in seeds:  # seed-major: an interrupted study still has every arm for its first seeds
         for arm in spec["arms"]:
             command = train_command(data, arm, seed)
             result["commands"].append(shlex.join(["OMP_NUM_THREADS=1", "python", *command[1:]]))
@@ -165,9 +171,26 @@ def run_data(data: str) -> Path:
                     flush=True,
                 )
             result["arms"][arm][str(seed)] = sorted(curve, key=lambda row: row["step"])
-            write(result, RESULTS / f"finetune_{data}.json")
+            write(result, result_path(data, seeds))
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
-    return write(result, RESULTS / f"finetune_{data}.json")
+    return write(result, result_path(data, seeds))
+
+
+def merged(data: str) -> dict:
+    """The results of every seed group of a data set, in one result (step 0 from the group with seed 0)."""
+    parts = [json.loads(path.read_text()) for path in sorted(RESULTS.glob(f"finetune_{data}_seeds*.json"))]
+    if not parts:
+        raise FileNotFoundError(f"no {RESULTS}/finetune_{data}_seeds*.json: run --data {data} first")
+    result = {**parts[0], "arms": {}, "commands": [], "seed_groups": []}
+    for part in parts:
+        result["step0"] = result.get("step0") or part.get("step0")
+        result["commands"] += part["commands"]
+        result["seed_groups"].append({"seeds": part["seeds"], "wall_time_s": part.get("wall_time_s")})
+        for arm, curves in part["arms"].items():
+            result["arms"].setdefault(arm, {}).update(curves)
+    result.pop("seeds", None)
+    result.pop("wall_time_s", None)
+    return result
 
 
 def write(payload: dict, path: Path) -> Path:
@@ -191,7 +214,7 @@ def curve_stats(result: dict, arm: str) -> list[dict]:
             {
                 "step": step,
                 "mean": statistics.fmean(values),
-                "std": statistics.stdev(values),
+                "std": statistics.stdev(values) if len(values) > 1 else float("nan"),
                 "n": len(values),
             }
         )
@@ -247,7 +270,7 @@ def report() -> Path:
         "naive": "masks from step 0 (no warm start)",
     }
     for ax, data in zip(axes[0], STUDY):
-        result = json.loads((RESULTS / f"finetune_{data}.json").read_text())
+        result = merged(data)
         entry = {
             "result": result,
             "curves": {arm: curve_stats(result, arm) for arm in result["arms"]},
@@ -266,6 +289,15 @@ def report() -> Path:
                 color=colours[arm],
                 alpha=0.2,
             )
+        ax.scatter(
+            [0],
+            [result["step0"]["fid_naive"]],
+            marker="x",
+            s=60,
+            color="black",
+            zorder=5,
+            label="recipe's masks on the base weights (step 0, no warm start)",
+        )
         ax.axhline(result["step0"]["fid_base"], color="grey", linestyle="--", label=f"base {result['base']}")
         ax.axvline(result["steps"] // 2, color="grey", linestyle=":", label="warm-up ends (N = steps / 2)")
         ax.set_yscale("log")
@@ -277,7 +309,30 @@ def report() -> Path:
     plot = RESULTS / "finetune_fid_vs_step.png"
     figure.savefig(plot)
     payload["plot"] = f"benchmarks/results/{plot.name}"
+    print(markdown(payload))
     return write(payload, RESULTS / "finetune.json")
+
+
+def markdown(payload: dict) -> str:
+    """The tables of benchmarks/REPLICATION.md: FID mean ± std (n seeds) per arm and step, and the t-tests."""
+    lines = []
+    for data, entry in payload["data"].items():
+        result = entry["result"]
+        steps = sorted({row["step"] for rows in entry["curves"].values() for row in rows})
+        lines += [f"{data}: {result['routed']} from {result['base']}, step-0 {result['step0']}", ""]
+        lines += ["| arm | " + " | ".join(f"step {s}" for s in steps) + " |"]
+        lines += ["|---|" + "---|" * len(steps)]
+        for arm, rows in entry["curves"].items():
+            cells = {row["step"]: f"{row['mean']:.1f} ± {row['std']:.1f} ({row['n']})" for row in rows}
+            lines += [f"| {arm} | " + " | ".join(cells.get(s, "") for s in steps) + " |"]
+        for test in entry["tests"]:
+            lines += [
+                f"- warm vs {test['warm_vs']} at step {test['step']} (seeds {test['seeds']}): "
+                f"{test['warm_mean']:.2f} vs {test['other_mean']:.2f}, Welch p = {test['welch_p']:.3g}, "
+                f"paired p = {test['paired_p']:.3g}"
+            ]
+        lines += [""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,12 +340,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", choices=sorted(STUDY), help="train and evaluate one data set")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds of this group")
     parser.add_argument("--report", action="store_true", help="merge the data sets' results, test and plot")
     args = parser.parse_args(argv)
     if not args.data and not args.report:
         parser.error("give --data NAME and/or --report")
     if args.data:
-        print(f"wrote {run_data(args.data)}")
+        print(f"wrote {run_data(args.data, tuple(args.seeds))}")
     if args.report:
         print(f"wrote {report()}")
     return 0

@@ -366,8 +366,9 @@ class DiffusionModel(nn.Module):
 
 WARM_START_HINT = (
     "finetune with a warm start: `zoo train {name} --pretrained ...` anneals the masks from all ones to the "
-    "recipe's over --routing-warmup steps (default: half the run) and starts the balancer at linear "
-    "weighting; in your own loop call model.apply_routing_warmup(step, N) after every step"
+    "recipe's over --routing-warmup steps (default: half the run), starts the EMA at the end of that "
+    "warm-up and the balancer at linear weighting; in your own loop call model.balancer.neutral_start() "
+    "before the first step and model.apply_routing_warmup(step, N) after every step"
 )
 
 
