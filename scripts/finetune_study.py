@@ -303,7 +303,10 @@ def report() -> Path:
         ax.set_yscale("log")
         ax.set_xlabel("finetuning step")
         ax.set_ylabel("FID (shipped classifier features; log scale)")
-        ax.set_title(f"{data}: {result['routed']} from {result['base']} (3 seeds)")
+        counts = ", ".join(f"{arm} {len(curves)}" for arm, curves in result["arms"].items())
+        ax.set_title(
+            f"{data}: {result['routed']} from {result['base']}\nseeds per arm: {counts}", fontsize=10
+        )
         ax.legend(fontsize=7)
     figure.tight_layout()
     plot = RESULTS / "finetune_fid_vs_step.png"
