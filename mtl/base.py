@@ -143,6 +143,15 @@ class Balancer(nn.Module):
         """Extra optimiser parameter groups holding the balancer's learnable state (none by default)."""
         return []
 
+    def neutral_start(self) -> None:
+        """Reset the learned state so that the next update equals linear weighting (``mean_k L_k``).
+
+        For a warm start from pretrained weights: the first step moves the network as plain training
+        would, and the method's own state then adapts from there. Methods whose weights come from the
+        current gradients alone (linear, and the Gram methods: their held weights start at 1/K and
+        are recomputed from the pretrained model's gradients) have no learned state: a no-op.
+        """
+
     def after_step(self, reevaluated_cluster_losses: Tensor) -> dict:
         """Called after the optimiser step by methods with ``needs_after_step``."""
         raise RuntimeError(f"balancer {self.name!r} has no after_step (needs_after_step is False)")

@@ -22,7 +22,8 @@ class FAMO(Balancer):
     After the optimiser step, :meth:`after_step` takes the cluster losses re-evaluated on the SAME
     batch without grad, ``delta_i = log(L_i - b_i + eps) - log(L_i' - b_i + eps)``, and makes one Adam
     step (``lr`` 0.025, L2 ``weight_decay`` 1e-3) on w with gradient ``z * (delta - <z, delta>)``.
-    Logits, Adam moments and the pending losses live in buffers (checkpointed).
+    Logits, Adam moments and the pending losses live in buffers (checkpointed). :meth:`neutral_start`
+    (warm starts) makes the next update linear weighting's.
     Cost: one ordinary backward plus one no-grad forward for the re-evaluation. Several processes:
     the cluster losses are averaged across processes before c_i and delta are computed (exact for
     the union batch with equal per-cluster counts), gradients averaged by the balancer.
@@ -67,10 +68,22 @@ class FAMO(Balancer):
     def _global(self, cluster_losses: Tensor) -> Tensor:
         return all_reduce_mean_(cluster_losses.detach().to(torch.float64).clone())
 
+    def neutral_start(self) -> None:
+        """Set the logits from the next backward's losses, ``w_i = log(L_i - b_i + eps)`` (centred): z_i is
+        then proportional to ``L_i - b_i + eps``, so that update's coefficients are exactly 1/K (linear
+        weighting); FAMO's Adam state is reset and its logit updates continue from there."""
+        self.logits.fill_(float("nan"))  # marks "initialise from the next losses" (checkpointed)
+        self.exp_avg.zero_()
+        self.exp_avg_sq.zero_()
+        self.adam_step.zero_()
+
     def backward(self, cluster_losses: Tensor, params: Iterable[Tensor], scaler: Any | None = None) -> dict:
         self._check_losses(cluster_losses)
         params = self._check_params(params)
         losses = self._global(cluster_losses)
+        if torch.isnan(self.logits).all():  # after neutral_start
+            start = torch.log(losses - self.min_losses + self.eps)
+            self.logits.copy_(start - start.mean())  # centred: softmax ignores the shift, the decay does not
         z = torch.softmax(self.logits, 0)
         inverse = z / (losses - self.min_losses + self.eps)
         coefficients = inverse / inverse.sum()

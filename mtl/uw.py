@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,7 @@ def uw_loss(cluster_losses: Tensor, log_vars: Tensor) -> Tensor:
 class UncertaintyWeighting(Balancer):
     """UW: backward of :func:`uw_loss` into the params and the log-variances s (start at 0).
 
+    :meth:`neutral_start` (warm starts) sets s = -log 2, where the update is linear weighting's.
     s is trained by the caller's optimiser in its own group (:meth:`parameter_groups`: ``lr``
     0.025, ``weight_decay`` 0 by default). Logged weight: 0.5 * exp(-s_i). Cost: one ordinary
     backward. Several processes: the s-gradient is linear in L_i, so averaging all gradients
@@ -46,6 +48,11 @@ class UncertaintyWeighting(Balancer):
 
     def parameter_groups(self) -> list[dict]:
         return [{"params": [self.log_vars], "lr": self.lr, "weight_decay": self.weight_decay}]
+
+    def neutral_start(self) -> None:
+        """s_i = -log 2: the weights 0.5 * exp(-s_i) / K on L_i become 1/K, linear weighting's."""
+        with torch.no_grad():
+            self.log_vars.fill_(-math.log(2.0))
 
     def backward(self, cluster_losses: Tensor, params: Iterable[Tensor], scaler: Any | None = None) -> dict:
         self._check_losses(cluster_losses)

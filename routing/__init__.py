@@ -5,7 +5,7 @@ backbone multiplies into the input of block ``block``; ``"random"`` is random ro
 builds no router. Tables are derived from config and never stored in checkpoints.
 """
 
-from routing.base import Router
+from routing.base import Router, warmup_strength
 from routing.dtr import DTRRouter
 from routing.plot import plot_table
 from routing.random import RandomRouter
@@ -24,4 +24,5 @@ __all__ = [
     "plot_table",
     "random_table",
     "register_router",
+    "warmup_strength",
 ]

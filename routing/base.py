@@ -3,10 +3,15 @@
 A router is an ``nn.Module`` holding its tables as non-persistent bool buffers: they follow the model
 across devices with ``.to(...)`` but never enter a state dict (they are rebuilt from ``config()``), so a
 routed model's checkpoint has exactly the keys and sizes of the unrouted one.
+
+``strength`` (default 1) scales how far the masks close: ``mask = 1 - strength * (1 - table)``, so
+strength 0 gives all-ones masks (the plain network, exactly) and strength 1 the router's table. A
+warm start from plain weights raises it from 0 to 1 over its first steps (:func:`warmup_strength`).
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +61,22 @@ class Router(nn.Module, ABC):
         # device sync on GPU, so it is checked once per forward.
         self._checked_t: torch.Tensor | None = None
         self._checked_version = -1
+        self.strength = 1.0
+
+    def set_strength(self, strength: float) -> None:
+        """How far the masks close, in [0, 1]: inactive channels are scaled by ``1 - strength``.
+
+        0 gives all-ones masks (every channel active: the unrouted network), 1 the router's table
+        (the default). ``table()`` is always the target table; ``mask()`` applies the strength.
+        """
+        if (
+            isinstance(strength, bool)
+            or not isinstance(strength, (int, float))
+            or not math.isfinite(strength)
+            or not 0.0 <= strength <= 1.0
+        ):
+            raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
+        self.strength = float(strength)
 
     @property
     def num_blocks(self) -> int:
@@ -103,26 +124,52 @@ class Router(nn.Module, ABC):
 
         ``t`` holds ORIGINAL timestep indices in [0, num_tasks) (respaced samplers must pass those).
         ``dtype`` defaults to the default float dtype; pass the activations' dtype under reduced precision.
+        Below ``strength`` 1 the inactive channels are ``1 - strength`` instead of 0 (active ones stay 1).
         """
         self._check_block(block)
         self._check_timesteps(t)
         table = self.table_bool(block)
         rows = table.index_select(0, t.to(device=table.device, dtype=torch.long))
-        return rows.to(dtype or torch.get_default_dtype())
+        dtype = dtype or torch.get_default_dtype()
+        if self.strength == 1.0:
+            return rows.to(dtype)
+        if self.strength == 0.0:
+            return torch.ones(rows.shape, dtype=dtype, device=rows.device)
+        # 1 - s * (1 - m): 1 where m = 1, 1 - s where m = 0 (computed in float32, then cast)
+        closed = (~rows).to(torch.float32).mul_(self.strength)
+        return torch.sub(1.0, closed).to(dtype)
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable settings; ``routing.build(**router.config())`` rebuilds this router."""
         widths = self.channels
         channels: int | list[int] = widths[0] if len(set(widths)) == 1 else list(widths)
-        return {
+        config = {
             "name": self.name,
             "channels": channels,
             "num_blocks": self.num_blocks,
             "num_tasks": self.num_tasks,
             **self.options(),
         }
+        if self.strength != 1.0:  # only mid warm-up; a finished router's config is unchanged
+            config["strength"] = self.strength
+        return config
 
     def extra_repr(self) -> str:
         options = ", ".join(f"{key}={value!r}" for key, value in self.options().items())
         widths = sorted(set(self.channels))
-        return f"channels={widths}, num_blocks={self.num_blocks}, num_tasks={self.num_tasks}, {options}"
+        strength = "" if self.strength == 1.0 else f", strength={self.strength!r}"
+        return f"channels={widths}, num_blocks={self.num_blocks}, num_tasks={self.num_tasks}, {options}{strength}"
+
+
+def warmup_strength(step: int, warmup_steps: int) -> float:
+    """Mask strength after ``step`` optimiser steps of a linear warm-up over ``warmup_steps`` steps.
+
+    0 at step 0 (all-ones masks), ``step / warmup_steps`` in between and exactly 1 (the router's table)
+    from step ``warmup_steps`` on; ``warmup_steps`` 0 means no warm-up (always 1).
+    """
+    for name, value in (("step", step), ("warmup_steps", warmup_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if warmup_steps == 0 or step >= warmup_steps:
+        return 1.0
+    return step / warmup_steps

@@ -55,8 +55,12 @@ def build(
     """Build a router by name: ``channels`` is one width for all blocks or a list of per-block widths.
 
     ``"none"`` returns ``None`` (the plain backbone). ``options`` are the kind's hyperparameters
-    (``beta``, ``alpha``, ``variant`` for DTR; ``beta``, ``seed`` for random routing).
+    (``beta``, ``alpha``, ``variant`` for DTR; ``beta``, ``seed`` for random routing), plus ``strength``
+    for every kind (``Router.set_strength``; only in the config of a router saved mid warm-up).
     """
     if name == NO_ROUTER:
         return None
-    return get_router_class(name)(channels, num_blocks=num_blocks, num_tasks=num_tasks, **options)
+    strength = options.pop("strength", 1.0)
+    router = get_router_class(name)(channels, num_blocks=num_blocks, num_tasks=num_tasks, **options)
+    router.set_strength(strength)
+    return router

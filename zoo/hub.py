@@ -613,6 +613,9 @@ def create(
             model, state_dict, source=source, source_kwargs=source_kwargs
         )
         _load_into(model, state_dict, strict=strict, source=source, interpolate=interpolate_pos_embed)
+        from zoo.model import check_warm_start
+
+        check_warm_start(model, _source_routing(source_config, source, pretrained), source)
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path, strict=strict, interpolate=interpolate_pos_embed)
     return model
@@ -830,6 +833,19 @@ def _mtl_file(spec: str, folder: Path) -> Path | None:
         repo, _, revision = spec[len("hf-hub:") :].partition("@")
         return fetch_mtl_file(repo, revision=revision or None)
     return folder / "mtl.safetensors"
+
+
+def _source_routing(source_config: dict[str, Any] | None, source: str | None, pretrained: Any) -> Any:
+    """The routing the loaded weights were trained with: a router config, None (plain) or "unknown"."""
+    if source_config is not None:
+        return source_config.get("routing")
+    if isinstance(pretrained, dict) or source is None:
+        return "unknown"
+    if str(source).endswith((".pt", ".pth", ".bin")):  # an original (plain) DiT checkpoint
+        return None
+    if is_location(source):  # a bare .safetensors file: no config to tell
+        return "unknown"
+    return None if parse_name(source).routing is None else "unknown"  # a registered arch.tag
 
 
 def _vae_override(cfg: PretrainedCfg) -> dict[str, Any]:

@@ -201,6 +201,8 @@ class DiffusionModel(nn.Module):
                 self.weighting = mtl.build_weighting(wcfg.pop("name"), **wcfg)
         self.config = config
         self.pretrained_cfg: dict[str, Any] = {}  # timm's habit; zoo.create fills it for tagged weights
+        #: set by zoo.create: pretrained weights of another routing went in (see check_warm_start)
+        self.warm_start_needed = False
 
     @classmethod
     def from_name(cls, name: str | ModelName, **overrides: Any) -> DiffusionModel:
@@ -329,6 +331,31 @@ class DiffusionModel(nn.Module):
         if decode and self.config.get("vae"):
             out = decode_latents(out, self.config["vae"])
         return out
+
+    # ------------------------------------------------------------------ warm start
+
+    def set_routing_strength(self, strength: float) -> None:
+        """How far the routing masks close (0: all ones, the plain function; 1: the recipe's masks).
+
+        Recorded in the config (`routing.strength`, only below 1), so a model saved mid warm-up rebuilds.
+        """
+        router = getattr(self.net, "router", None)
+        if router is None:
+            raise ValueError(f"{self.config['name']!r} has no routing: there is no mask strength to set")
+        router.set_strength(strength)
+        self.config["routing"] = router.config()
+
+    def apply_routing_warmup(self, step: int, warmup_steps: int) -> float:
+        """Set the mask strength of a warm start after `step` optimiser steps; returns it.
+
+        Linear from all-ones masks at step 0 to exactly the recipe's masks at step `warmup_steps`
+        (`routing.warmup_strength`); derived from the step alone, so a resumed run continues it.
+        """
+        import routing
+
+        strength = routing.warmup_strength(step, warmup_steps)
+        self.set_routing_strength(strength)
+        return strength
 
     # ------------------------------------------------------------------ weights
 
@@ -529,6 +556,43 @@ def fetch_mtl_file(repo_id: str, revision: str | None = None, **kwargs: Any) -> 
     except EntryNotFoundError:  # the repo has none: a model without state outside the net
         pass
     return None
+
+
+WARM_START_HINT = (
+    "finetune with a warm start: `zoo train {name} --pretrained ...` anneals the masks from all ones to the "
+    "recipe's over --routing-warmup steps (default: half the run), starts the EMA at the end of that "
+    "warm-up and the balancer at linear weighting; in your own loop call model.balancer.neutral_start() "
+    "before the first step and model.apply_routing_warmup(step, N) after every step"
+)
+
+
+def _routing_key(routing_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if not routing_config else {k: v for k, v in routing_config.items() if k != "strength"}
+
+
+def check_warm_start(model: DiffusionModel, source_routing: Any, source: str | None) -> bool:
+    """Warn when weights trained with `source_routing` load into a model routed differently.
+
+    `source_routing` is the source's router config, None for plain weights, or "unknown" (no warning).
+    The masks change the function (the DTR window zeroes a fifth of every block's input), so such
+    weights need a warm-start finetuning; sets and returns `model.warm_start_needed`.
+    """
+    target = _routing_key(model.config.get("routing"))
+    needed = (
+        target is not None
+        and not (isinstance(source_routing, str) and source_routing == "unknown")
+        and _routing_key(source_routing) != target
+    )
+    model.warm_start_needed = needed
+    if needed:
+        trained = "without routing" if not source_routing else f"with routing {_routing_key(source_routing)}"
+        warnings.warn(
+            f"{source}: these weights were trained {trained}; {model.config['name']!r} masks block inputs "
+            f"with {target['name']!r} routing, which changes the function (its samples are not the source "
+            f"model's until finetuned). " + WARM_START_HINT.format(name=model.config["name"]),
+            stacklevel=3,
+        )
+    return needed
 
 
 def _clusters_with_affinity(config: dict[str, Any], affinity: Any) -> dict[str, Any]:

@@ -98,6 +98,13 @@ def lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
     return 1.0
 
 
+def _without_warmup_strength(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A model config without the routing warm-up's mask strength (it follows the step, not the recipe)."""
+    if not config or not isinstance(config.get("routing"), dict):
+        return config
+    return {**config, "routing": {k: v for k, v in config["routing"].items() if k != "strength"}}
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs; `zoo train` flags map one to one (dashes for underscores)."""
@@ -122,6 +129,7 @@ class TrainConfig:
     out: str = "runs/run"
     resume: bool = False
     pretrained: str | None = None
+    routing_warmup: int | None = None
     image_size: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     sample_every: int = 0
@@ -166,6 +174,8 @@ class TrainConfig:
             raise ValueError(f"sample_cfg must be a finite number, got {self.sample_cfg}")
         if self.sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
+        if self.routing_warmup is not None and self.routing_warmup < 0:
+            raise ValueError(f"routing_warmup must be >= 0 (or None: automatic), got {self.routing_warmup}")
 
     def to_command(self) -> str:
         """The `zoo train` command line that reproduces this config."""
@@ -249,7 +259,11 @@ class Trainer:
             overrides = {**model_overrides_for(self.dataset), **config.overrides}
             if config.grad_checkpointing:
                 overrides["grad_checkpointing"] = True
-            model = zoo.create(config.model, pretrained=config.pretrained or False, **overrides)
+            with warnings.catch_warnings():  # the warm start below is what that warning asks for
+                warnings.filterwarnings(
+                    "ignore", message=".*these weights were trained (with|without) routing"
+                )
+                model = zoo.create(config.model, pretrained=config.pretrained or False, **overrides)
         elif config.grad_checkpointing:
             model.net.grad_checkpointing = True
         self.model = model.to(self.device).train()
@@ -269,6 +283,7 @@ class Trainer:
                 "parameters: GradScaler unscales FSDP-sharded and ordinary gradients in one kernel; use "
                 "--precision bf16 (FSDP mixed precision) or fp32"
             )
+        self.routing_warmup = self._warm_start()
         broadcast_module(self.model)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.ema = EMA(
@@ -338,6 +353,42 @@ class Trainer:
                 f"--sample-steps {self.config.sample_steps}: the model's {num_timesteps}-step process cannot "
                 f"be respaced to it ({error}); expected 1..{num_timesteps}"
             ) from None
+
+    def _warm_start(self) -> int:
+        """Warm start of pretrained weights: the balancer at linear weighting, the masks from all ones.
+
+        Returns the routing warm-up length N: `--routing-warmup N`, or by default half the run when
+        `--pretrained` weights of another routing go into a routed recipe (0 otherwise).
+        """
+        config, model = self.config, self.model
+        routed = getattr(model.net, "router", None) is not None
+        if config.routing_warmup is None:
+            steps = config.steps // 2 if routed and getattr(model, "warm_start_needed", False) else 0
+        else:
+            steps = config.routing_warmup
+        if steps and not routed:
+            raise ValueError(f"--routing-warmup {steps}: {model.config['name']!r} has no routing to warm up")
+        if config.pretrained:
+            model.balancer.neutral_start()
+        if routed and steps:
+            model.apply_routing_warmup(0, steps)
+            if self.context.is_main and not config.resume:
+                print(f"warm start: routing masks annealed from all ones to the recipe's over {steps} steps")
+        return steps
+
+    def _apply_routing_warmup(self) -> None:
+        """Mask strength for the next step (model and EMA alike), derived from the step.
+
+        Until the warm-up ends the EMA equals the live weights: an average over weights fitted to
+        other mask strengths does not fit the current masks (digits, EMA 0.995: FID 301 at the end of
+        a 100-step warm-up where the live weights had 21; benchmarks/REPLICATION.md). The average
+        starts afresh from the weights at step N, under the recipe's masks.
+        """
+        if self.routing_warmup:
+            for model in (self.model, self.ema_model):
+                model.apply_routing_warmup(self.step, self.routing_warmup)
+            if 0 < self.step <= self.routing_warmup:
+                self.ema.load_state_dict(self.model.net.state_dict())
 
     # ------------------------------------------------------------------ one step
 
@@ -501,6 +552,7 @@ class Trainer:
             "last_good_checkpoint": self.last_good_checkpoint,
             "history": json.dumps(self.history),
             "resolved": json.dumps(self.resolved_settings()),
+            "routing_warmup": self.routing_warmup,
             "elapsed": self.elapsed,
             "world_size": self.context.world_size,
             "model_config": json.dumps(self.model.config),
@@ -536,6 +588,8 @@ class Trainer:
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.routing_warmup = int(state.get("routing_warmup", self.routing_warmup))  # the run's schedule
+        self._apply_routing_warmup()
         self.data_order = DataOrder(**state["data_order"])
         self.bad_steps_in_row = int(state["bad_steps_in_row"])
         self.first_skipped_step = state.get("first_skipped_step")
@@ -597,13 +651,14 @@ class Trainer:
                 f"{self.config.model!r}. --resume continues the same recipe; to finetune its weights into "
                 f"{self.config.model!r} start a new run: --pretrained {self.run_dir / 'final'} --out NEW_FOLDER"
             )
-        stored_model = json.loads(state.get("model_config", "null"))
-        if stored_model is not None and json.loads(json.dumps(self.model.config)) != stored_model:
+        stored_model = _without_warmup_strength(json.loads(state.get("model_config", "null")))
+        requested = _without_warmup_strength(json.loads(json.dumps(self.model.config)))
+        if stored_model is not None and requested != stored_model:
             keys = sorted(
                 k
-                for k in set(stored_model) | set(self.model.config)
+                for k in set(stored_model) | set(requested)
                 if json.dumps(stored_model.get(k), sort_keys=True)
-                != json.dumps(json.loads(json.dumps(self.model.config)).get(k), sort_keys=True)
+                != json.dumps(requested.get(k), sort_keys=True)
             )
             raise ValueError(
                 f"{self.run_dir} holds a run whose model config differs from the requested one in {keys} "
@@ -819,6 +874,7 @@ class Trainer:
                 logs = self.train_step(x0, y)
                 self.data_order = self.sampler.advance(self.data_order)
                 self.step += 1
+                self._apply_routing_warmup()
                 self.elapsed = elapsed_before + time.perf_counter() - start_time
                 window_samples += global_batch
                 bar.update(1)
@@ -926,6 +982,7 @@ class Trainer:
                 "ema_decay_at_end": round(self.ema.current_decay(self.step), 6),
                 "precision": self.config.precision,
                 "seed": self.config.seed,
+                "routing_warmup": self.routing_warmup,
                 "wall_time_s": round(self.elapsed, 1),
                 "processes": self.context.world_size,
                 "resumed_with_changes": self.history,
@@ -1003,6 +1060,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--out", default=None, help="run folder (default runs/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
     parser.add_argument("--pretrained", default=None, help="start from weights: TAG, arch.tag or a path")
+    parser.add_argument(
+        "--routing-warmup",
+        type=int,
+        default=None,
+        metavar="N",
+        help="anneal the routing masks from all ones to the recipe's over N steps (default: half the run "
+        "when --pretrained weights of another routing go into a routed recipe, else 0)",
+    )
     parser.add_argument("--image-size", type=int, default=None, help="image side for imagefolder data")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="model override")
     parser.add_argument(
