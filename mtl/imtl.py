@@ -38,9 +38,14 @@ class IMTLG(GramBalancer):
     """
 
     def __init__(
-        self, k: int, update_every: int = 1, max_grad_norm: float | None = None, engine: str = "hooks"
+        self,
+        k: int,
+        update_every: int = 1,
+        max_grad_norm: float | None = None,
+        engine: str = "hooks",
+        keep: str = "inputs",
     ) -> None:
-        super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine)
+        super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine, keep=keep)
 
     def coefficients(self, gram: Tensor) -> tuple[Tensor, dict]:
         return imtl_weights(gram), {}

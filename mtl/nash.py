@@ -95,9 +95,14 @@ class NashMTL(GramBalancer):
     """
 
     def __init__(
-        self, k: int, update_every: int = 25, max_grad_norm: float | None = 1.0, engine: str = "hooks"
+        self,
+        k: int,
+        update_every: int = 25,
+        max_grad_norm: float | None = 1.0,
+        engine: str = "hooks",
+        keep: str = "inputs",
     ) -> None:
-        super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine)
+        super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine, keep=keep)
 
     def coefficients(self, gram: Tensor) -> tuple[Tensor, dict]:
         norm = torch.linalg.matrix_norm(gram)
