@@ -82,6 +82,43 @@ def _fast_kind(module: nn.Module) -> str | None:
     return None
 
 
+def _unreached(total_loss: Tensor, roots: list[_Call], inner: list[_Call]) -> list[_Call]:
+    """The inner calls whose output a backward of ``total_loss`` down to the roots' outputs skips.
+
+    Autograd runs a node only when one of its inputs leads to a node whose gradient was asked for;
+    an inner output whose node runs (or is asked for) gets its hook called, the others do not.
+    """
+    targets = {call.output.grad_fn for call in roots}
+    start = total_loss.grad_fn
+    if start is None:
+        return list(inner)
+    parents: dict[Any, int] = {start: 0}  # reachable nodes -> number of their reachable parents
+    stack = [start]
+    while stack:
+        node = stack.pop()
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            if child not in parents:
+                parents[child] = 0
+                stack.append(child)
+            parents[child] += 1
+    order, ready = [], [start]  # parents before children
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        for child, _ in node.next_functions:
+            if child is not None:
+                parents[child] -= 1
+                if not parents[child]:
+                    ready.append(child)
+    needed: set[Any] = set()
+    for node in reversed(order):
+        if any(child in targets or child in needed for child, _ in node.next_functions if child is not None):
+            needed.add(node)
+    return [call for call in inner if not (call.output.grad_fn in needed or call.output.grad_fn in targets)]
+
+
 @dataclass
 class _Call:
     module: nn.Module
@@ -98,7 +135,7 @@ class _Pending:
     grads: Tensor | None = None
 
 
-KEEP_MODES = ("inputs", "grads")
+KEEP_MODES = ("auto", "inputs", "grads")
 
 
 @dataclass
@@ -198,17 +235,20 @@ class GramCapture:
 
         def consume(call: _Call, grad: Tensor | None) -> None:
             call.done = True
-            unused = grad is None
-            grad = torch.zeros_like(call.output) if unused else grad
             result = self._cluster_grads(call, grad, wanted, covered)
             call.output = None  # its gradient is in hand: let the output go
             if result is None:
+                call.inputs = ()
                 return
             flat, names, fast = result
-            if keep == "inputs" and not unused:
-                # fast layers: the output gradient (the input is held); the others: their K rows
-                self._kept.append(("output", call, names, grad) if fast else ("rows", call, names, flat))
             slot = pending.get(id(call.module))
+            kind = self._kind(keep, fast, slot is not None, call, grad, flat.shape[1])
+            if kind == "output":  # keep the output gradient (the input is held): one product later
+                self._kept.append(("output", call, names, grad))
+            else:
+                call.inputs = ()  # nothing of this call's input is needed any more
+            if kind == "local rows":
+                self._kept.append((kind, call, names, flat))
             if slot is not None:
                 slot.grads = flat if slot.grads is None else slot.grads + flat
                 slot.calls_left -= 1
@@ -216,8 +256,8 @@ class GramCapture:
                     return
                 flat = slot.grads
             flat = all_reduce_mean_(flat)
-            if keep == "grads":
-                self._kept.append(("rows", call, names, flat))
+            if kind == "rows":
+                self._kept.append((kind, call, names, flat))
             gram.add_((flat @ flat.T).to(torch.float64))
 
         def hook(call: _Call, grad: Tensor) -> None:
@@ -226,23 +266,29 @@ class GramCapture:
 
         inner = [call for call in calls if not call.root]
         roots = [call for call in calls if call.root]
-        handles = [call.output.register_hook(functools.partial(hook, call)) for call in inner]
         if keep is not None:
-            # One pass that frees the graph: every recorded output is an input of the backward, so no
-            # output is missed (its hook fires, or, for a root, its gradient is returned).
+            # One pass that frees the graph as it goes. The outputs that a backward down to the root
+            # outputs would not reach (their hooks would not fire) are made inputs of it too.
+            missed = _unreached(total_loss, roots, inner)
+            # every output is consumed in its hook, before autograd frees the graph below it (a module
+            # without a fast path differentiates through its own piece of the graph there)
+            handles = [call.output.register_hook(functools.partial(hook, call)) for call in calls]
+            asked = roots + missed
             try:
-                outputs = [call.output for call in calls]
-                grads = torch.autograd.grad(total_loss, outputs, allow_unused=True)
-                del outputs
+                grads = torch.autograd.grad(total_loss, [c.output for c in asked], allow_unused=True)
             finally:
                 for handle in handles:
                     handle.remove()
-            for call, grad in zip(calls, grads):
+            for call, grad in zip(asked, grads):
                 if not call.done:
                     consume(call, grad)
             del grads
+            for call in inner:  # outputs the loss does not depend on: zero gradients
+                if not call.done:
+                    consume(call, None)
             self._check_covered(params, wanted, covered)
             return gram
+        handles = [call.output.register_hook(functools.partial(hook, call)) for call in inner]
         try:
             if roots:
                 root_grads = torch.autograd.grad(
@@ -262,6 +308,24 @@ class GramCapture:
                 consume(call, grad)
         self._check_covered(params, wanted, covered)
         return gram
+
+    def _kind(
+        self, keep: str | None, fast: bool, shared: bool, call: _Call, grad: Tensor | None, n: int
+    ) -> str | None:
+        """What a call leaves for :meth:`update`: "output" (its output gradient, the input held),
+        "local rows" (its own K cluster gradients), "rows" (the module's K cluster gradients, summed
+        over its calls and averaged over processes) or None (nothing: no keep, or a zero gradient)."""
+        if keep is None:
+            return None
+        if fast and (keep == "inputs" or (keep == "auto" and (shared or self._smaller(call, grad, n)))):
+            return None if grad is None else "output"
+        if keep == "inputs":
+            return "local rows"
+        return "rows"
+
+    def _smaller(self, call: _Call, grad: Tensor | None, n: int) -> bool:
+        """Whether the layer's input and output gradient take fewer elements than its K cluster gradients."""
+        return grad is not None and call.inputs[0].numel() + grad.numel() < self.k * n
 
     @staticmethod
     def _check_covered(params: list[Tensor], wanted: set[int] | None, covered: set[Any]) -> None:
@@ -288,31 +352,38 @@ class GramCapture:
         gradients were averaged already). Parameters the loss did not reach get zeros.
         """
         params, kept = self._kept_params, self._kept
-        self._kept, self._kept_params = [], []
+        mode, self._kept, self._kept_params = self._kept_mode, [], []
         if not params:
             raise RuntimeError("update() needs a preceding gram(..., keep='inputs' or 'grads')")
         if coefficients.shape != (self.k,):
             raise ValueError(f"coefficients must have shape ({self.k},), got {tuple(coefficients.shape)}")
         position = {id(p): i for i, p in enumerate(params)}
-        totals: list[Tensor | None] = [None] * len(params)
+        local: list[Tensor | None] = [None] * len(params)  # this process's share: averaged below
+        averaged: list[Tensor | None] = [None] * len(params)  # built from averaged cluster gradients
         for kind, call, names, held in kept:
-            if kind == "rows":  # (K, n): the K cluster gradients of the module's parameters
+            if (
+                kind == "output"
+            ):  # a fast layer's output gradient: one weight-gradient product with c[cluster]
+                pieces = self._combined(call, held, names, coefficients)
+            else:  # (K, n): the K cluster gradients of the module's parameters
                 flat = coefficients.to(held.device, held.dtype) @ held
                 pieces = flat.split([call.params[name].numel() for name in names])
-            else:  # a fast layer's output gradient: one weight-gradient product with c[cluster]
-                pieces = self._combined(call, held, names, coefficients)
+            totals = averaged if kind == "rows" else local
             for name, piece in zip(names, pieces):
                 i = position[id(call.params[name])]
                 piece = piece.reshape(params[i].shape)
                 totals[i] = piece if totals[i] is None else totals[i] + piece
-        grads = [torch.zeros_like(p) if t is None else t.to(p.dtype) for p, t in zip(params, totals)]
-        if world_size() > 1 and self._kept_mode == "inputs":  # local products: average them now
+        grads = [torch.zeros_like(p) if t is None else t.to(p.dtype) for p, t in zip(params, local)]
+        if world_size() > 1 and mode in ("auto", "inputs"):  # the same call on every process
             flat = all_reduce_mean_(torch.cat([g.reshape(-1) for g in grads]))
             grads = [g.reshape(p.shape) for g, p in zip(flat.split([p.numel() for p in params]), params)]
+        for i, total in enumerate(averaged):
+            if total is not None:
+                grads[i] = grads[i] + total.to(grads[i].dtype)
         return grads
 
     def _cluster_grads(
-        self, call: _Call, grad: Tensor, wanted: set[int] | None, covered: set[Any]
+        self, call: _Call, grad: Tensor | None, wanted: set[int] | None, covered: set[Any]
     ) -> tuple[Tensor, list[str], bool] | None:
         """(K, n) cluster gradients of the module's own parameters that are in ``wanted`` (None: all).
 
@@ -330,11 +401,17 @@ class GramCapture:
             covered.update((id(module), name) for name in names)
         else:
             covered.update(id(call.params[name]) for name in names)
-        compute = torch.promote_types(grad.dtype, torch.float32)
         kind = _fast_kind(module)
+        if kind is not None:
+            names = [name for name in ("weight", "bias") if name in names]
+        if grad is None:  # the loss does not depend on this output: zero cluster gradients
+            first = call.params[names[0]]
+            size = sum(call.params[name].numel() for name in names)
+            dtype = torch.promote_types(first.dtype, torch.float32)
+            return torch.zeros(self.k, size, dtype=dtype, device=first.device), names, kind is not None
+        compute = torch.promote_types(grad.dtype, torch.float32)
         if kind is None:
             return torch.cat(self._generic(call, grad, names, compute), dim=1), names, False
-        names = [name for name in ("weight", "bias") if name in names]
         method = {"linear": self._linear, "conv2d": self._conv2d, "embedding": self._embedding}[kind]
         pieces = method(module, call.inputs[0], grad, names, compute)
         return torch.cat(pieces, dim=1), names, True
@@ -471,7 +548,7 @@ class GramBalancer(Balancer):
         update_every: int = 1,
         max_grad_norm: float | None = None,
         engine: str = "hooks",
-        keep: str = "inputs",
+        keep: str = "auto",
     ) -> None:
         super().__init__(k, max_grad_norm)
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:

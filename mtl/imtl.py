@@ -43,7 +43,7 @@ class IMTLG(GramBalancer):
         update_every: int = 1,
         max_grad_norm: float | None = None,
         engine: str = "hooks",
-        keep: str = "inputs",
+        keep: str = "auto",
     ) -> None:
         super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine, keep=keep)
 

@@ -100,7 +100,7 @@ class NashMTL(GramBalancer):
         update_every: int = 25,
         max_grad_norm: float | None = 1.0,
         engine: str = "hooks",
-        keep: str = "inputs",
+        keep: str = "auto",
     ) -> None:
         super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine, keep=keep)
 

@@ -93,7 +93,7 @@ class PCGrad(GramBalancer):
         update_every: int = 1,
         max_grad_norm: float | None = None,
         engine: str = "hooks",
-        keep: str = "inputs",
+        keep: str = "auto",
         seed: int = 0,
     ) -> None:
         super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine, keep=keep)

@@ -223,7 +223,7 @@ def test_fast_gram_equals_k_backward_reference():
     )
 
 
-@pytest.mark.parametrize("keep", ["inputs", "grads", "backward"])
+@pytest.mark.parametrize("keep", ["auto", "inputs", "grads", "backward"])
 @pytest.mark.parametrize("name", ["nash", "pcgrad", "imtl"])
 def test_fast_path_grads_equal_reference_engine(name, keep):
     """Every way of building the update (kept output gradients, kept cluster gradients, a second
@@ -244,7 +244,7 @@ def test_fast_path_grads_equal_reference_engine(name, keep):
     torch.testing.assert_close(grads["hooks"][1], grads["autograd"][1], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("keep", ["inputs", "grads"])
+@pytest.mark.parametrize("keep", ["auto", "inputs", "grads"])
 def test_kept_update_is_one_pass_and_accumulates(keep):
     """keep= builds .grad from the Gram pass alone: the graph is freed (no second backward ran) and
     the update is added to an existing .grad, as autograd accumulates."""
@@ -475,7 +475,7 @@ def test_fast_gram_on_a_dit_equals_reference():
     torch.testing.assert_close(
         capture.gram(losses.sum(), params), jacobian @ jacobian.T, rtol=1e-10, atol=1e-14
     )
-    for keep in ("inputs", "grads"):  # the update built from the Gram pass, on a DiT
+    for keep in ("auto", "inputs", "grads"):  # the update built from the Gram pass, on a DiT
         torch.manual_seed(10)
         with GramCapture(net, cluster, 3) as capture:
             per_sample = net(x, t, y).pow(2).mean(dim=(1, 2, 3))
@@ -486,3 +486,45 @@ def test_fast_gram_on_a_dit_equals_reference():
         coefficients = torch.tensor([1.5, -0.25, 0.6], dtype=torch.float64)
         update = torch.cat([u.reshape(-1) for u in capture.update(coefficients)])
         torch.testing.assert_close(update, coefficients @ jacobian, rtol=1e-10, atol=1e-13)
+
+
+class _Awkward(torch.nn.Module):
+    """A module with its own parameter AND children: a Linear applied to that parameter (its output is
+    upstream of the module's root output, so a backward to the roots skips it) and a Linear whose
+    output the loss never uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query = torch.nn.Parameter(torch.randn(1, 3, dtype=torch.float64))
+        self.lift = torch.nn.Linear(3, 3).double()
+        self.inp = torch.nn.Linear(2, 3).double()
+        self.unused = torch.nn.Linear(2, 3).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.unused(x)
+        return torch.tanh(self.inp(x)) * self.lift(self.query.expand(len(x), 3))
+
+
+@pytest.mark.parametrize("keep", [None, "auto", "inputs", "grads"])
+def test_skipped_and_unused_outputs_get_exact_gradients(keep):
+    torch.manual_seed(11)
+    net = torch.nn.Sequential(_Awkward(), torch.nn.Linear(3, 2).double())
+    x = torch.randn(8, 2, dtype=torch.float64)
+    cluster = torch.arange(8) % K
+    params = list(net.parameters())
+
+    def losses() -> torch.Tensor:
+        per_sample = net(x).pow(2).sum(1)
+        return torch.zeros(K, dtype=torch.float64).index_add(0, cluster, per_sample) / 2
+
+    with GramCapture(net, cluster, K) as capture:
+        values = losses()
+    jacobian = cluster_jacobian(values, params)
+    assert jacobian[:, : net[0].query.numel()].abs().max() > 0  # the skipped path carries gradient
+    torch.testing.assert_close(
+        capture.gram(values.sum(), params, keep=keep), jacobian @ jacobian.T, rtol=1e-10, atol=1e-14
+    )
+    if keep is not None:
+        coefficients = torch.tensor([0.5, -2.0, 1.0, 3.0], dtype=torch.float64)
+        update = torch.cat([u.reshape(-1) for u in capture.update(coefficients)])
+        torch.testing.assert_close(update, coefficients @ jacobian, rtol=1e-10, atol=1e-14)
