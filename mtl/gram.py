@@ -15,11 +15,14 @@ K x P memory).
 The update ``sum_k c_k g_k`` is linear in the cluster gradients, so the same pass can also keep what
 builds it once the coefficients are known (``keep`` of :meth:`GramCapture.gram`, then
 :meth:`GramCapture.update`), and no ordinary backward follows: ``keep="inputs"`` keeps each layer's
-output gradient (its input is held anyway) and then costs ONE weight-gradient GEMM per layer with
-the output gradient scaled per sample by ``c[cluster]`` (``nn.Conv2d``: one ``conv2d_weight``,
+output gradient (its input is held) and then costs ONE weight-gradient GEMM per layer with the
+output gradient scaled per sample by ``c[cluster]`` (``nn.Conv2d``: one ``conv2d_weight``,
 ``nn.Embedding``: one ``index_add``); ``keep="grads"`` keeps the K cluster gradients of every layer
-(K x P memory) and the update is ``c @ rows`` per layer, no GEMM at all. Modules without a fast path
-(local autograd VJPs) keep their K rows in both modes. That pass frees the graph as it goes.
+(already formed for the Gram) and the update is ``c @ rows`` per layer, no GEMM; ``keep="auto"``
+chooses per layer whichever of the two holds fewer numbers. Modules without a fast path (local
+autograd VJPs) keep their K rows. That pass frees the graph as it goes: outputs it would skip (a
+backward down to the first layers' outputs does not run the nodes upstream of them) are found by a
+walk of the graph beforehand and asked for too.
 
 Under FSDP (``fully_shard``) the hooks see the full, all-gathered weights during compute and the
 layers' activations are local, so the K cluster weight-gradients of a layer are this process's
@@ -532,13 +535,16 @@ class GramBalancer(Balancer):
     On update steps (every ``update_every`` calls) the Gram matrix comes from :class:`GramCapture`
     (``engine="hooks"``) or from K autograd backwards (``engine="autograd"``, the slow exact
     reference, which then combines its K full gradients). With the hooks, ``keep`` says how the
-    update ``sum_k c_k g_k`` is built once the coefficients ``c`` are known: ``"inputs"`` (default)
-    from each layer's kept output gradient, one weight-gradient GEMM per layer, so the step costs one
-    forward + about 1.5 backwards; ``"grads"`` from the K cluster gradients kept per layer (K x P
-    memory, no GEMM: about one forward + one backward); ``"backward"`` by an ordinary backward of
-    ``sum_k c_k L_k`` after the Gram pass (about two backwards; what FSDP-sharded parameters always
-    use, as FSDP's reduce-scatter must produce their gradients). Between updates the coefficients
-    are held and the step costs one ordinary backward. Several processes: cluster gradients are
+    update ``sum_k c_k g_k`` is built once the coefficients ``c`` are known, all from ONE backward:
+    ``"auto"`` (default) keeps per layer the smaller of its K cluster gradients and its input +
+    output gradient (on DiT-S at 32x32 the big block layers keep their cluster gradients, the adaLN
+    layers their output gradients), so the step costs about one forward + one backward and the
+    memory of plain training; ``"grads"`` always keeps the K cluster gradients (no product after the
+    solve; K x P memory at most); ``"inputs"`` always keeps the output gradients (one
+    weight-gradient GEMM per layer after the solve: about 1.5 backwards); ``"backward"`` builds it by
+    an ordinary backward of ``sum_k c_k L_k`` after the Gram pass (about two backwards; what
+    FSDP-sharded parameters always use, as FSDP's reduce-scatter must produce their gradients).
+    Between updates the coefficients are held and the step costs one ordinary backward. Several processes: cluster gradients are
     averaged before the Gram products, so every process computes the union batch's coefficients.
     """
 

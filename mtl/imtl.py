@@ -33,7 +33,8 @@ class IMTLG(GramBalancer):
     """IMTL-G over cluster losses: update ``sum_i w_i grad L_i`` with :func:`imtl_weights` (sum 1).
 
     Weights recomputed every ``update_every`` steps (default 1) from the Gram matrix. Cost: update
-    steps one forward + about two backwards, other steps one ordinary backward. Several processes:
+    steps one forward + about one backward (``keep``, see :class:`GramBalancer`), other steps one
+    ordinary backward. Several processes:
     cluster gradients averaged before the Gram products (union-batch weights).
     """
 
