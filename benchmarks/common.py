@@ -71,14 +71,17 @@ def interleaved_timings(
 
 
 def side_by_side(
-    candidates: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2
+    candidates: dict[str, Callable[[], Any]],
+    repeats: int = 10,
+    warmup: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Two candidates A and B timed interleaved, then their peak memory: the columns of a ratio row.
 
     Returns `{A}_ms`, `{B}_ms`, `time_ratio` (A / B, medians), `{A}_peak_MiB`, `{B}_peak_MiB`.
     """
     first, second = candidates
-    timings = interleaved_timings(candidates, repeats=repeats, warmup=warmup)
+    timings = interleaved_timings(candidates, repeats=repeats, warmup=warmup, clock=clock)
     memory = {name: peak_memory_bytes(fn) for name, fn in candidates.items()}
     return {
         f"{first}_ms": 1e3 * timings[first]["median"],

@@ -214,8 +214,9 @@ class DiTBlock(nn.Module):
         routed = x if mask is None else x * mask.unsqueeze(1)
         attn_update = gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(routed), shift_msa, scale_msa))
         hidden = routed + attn_update
-        mlp_update = gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(hidden), shift_mlp, scale_mlp))
         skip = hidden if mask is None else x + attn_update
+        del routed, attn_update  # not held through the MLP: the forward-only peak of the original DiT
+        mlp_update = gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(hidden), shift_mlp, scale_mlp))
         return skip + mlp_update
 
 
