@@ -6,6 +6,8 @@ ours / diffusers, target <= 1.0) and peak memory, after checking both give the s
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from benchmarks.common import report, side_by_side
@@ -67,7 +69,9 @@ def run(quick: bool = False) -> dict:
         inputs = (x, t, y)
         for mode, make in (("forward", _forward), ("forward+backward", _train_step)):
             candidates = {"ours": make(ours, ours_out, inputs), "diffusers": make(theirs, theirs_out, inputs)}
-            pair = side_by_side(candidates, repeats=repeats, warmup=1 if quick else 2)
+            pair = side_by_side(
+                candidates, repeats=repeats, warmup=1 if quick else 2, clock=time.process_time
+            )
             rows.append({"model": f"DiT-{size}/2", "mode": mode, **pair, "max_abs_diff": max_diff})
     return report(
         "backbone",
@@ -75,8 +79,12 @@ def run(quick: bool = False) -> dict:
         rows,
         device=str(device),
         repeats=repeats,
+        quick=quick,
+        clock="time.process_time",
     )
 
 
 if __name__ == "__main__":
-    run()
+    import sys
+
+    run(quick="--quick" in sys.argv)

@@ -44,11 +44,16 @@ def _sync() -> None:
 
 
 def interleaved_timings(
-    candidates: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2
+    candidates: dict[str, Callable[[], Any]],
+    repeats: int = 10,
+    warmup: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, dict[str, float]]:
     """Time each candidate `repeats` times, interleaved A B A B ..., after `warmup` rounds.
 
-    Returns per candidate the median, min, max and interquartile spread in seconds.
+    Returns per candidate the median, min, max and interquartile spread in seconds of ``clock``
+    (wall time by default; ``time.process_time`` gives this process's CPU time, which other jobs on a
+    shared machine disturb far less when torch runs one thread).
     """
     names = list(candidates)
     for _ in range(warmup):
@@ -58,22 +63,25 @@ def interleaved_timings(
     for _ in range(repeats):
         for name in names:
             _sync()
-            start = time.perf_counter()
+            start = clock()
             candidates[name]()
             _sync()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(clock() - start)
     return {name: summarize(values) for name, values in samples.items()}
 
 
 def side_by_side(
-    candidates: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2
+    candidates: dict[str, Callable[[], Any]],
+    repeats: int = 10,
+    warmup: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Two candidates A and B timed interleaved, then their peak memory: the columns of a ratio row.
 
     Returns `{A}_ms`, `{B}_ms`, `time_ratio` (A / B, medians), `{A}_peak_MiB`, `{B}_peak_MiB`.
     """
     first, second = candidates
-    timings = interleaved_timings(candidates, repeats=repeats, warmup=warmup)
+    timings = interleaved_timings(candidates, repeats=repeats, warmup=warmup, clock=clock)
     memory = {name: peak_memory_bytes(fn) for name, fn in candidates.items()}
     return {
         f"{first}_ms": 1e3 * timings[first]["median"],

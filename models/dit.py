@@ -214,8 +214,9 @@ class DiTBlock(nn.Module):
         routed = x if mask is None else x * mask.unsqueeze(1)
         attn_update = gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(routed), shift_msa, scale_msa))
         hidden = routed + attn_update
-        mlp_update = gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(hidden), shift_mlp, scale_mlp))
         skip = hidden if mask is None else x + attn_update
+        del routed, attn_update  # not held through the MLP: the forward-only peak of the original DiT
+        mlp_update = gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(hidden), shift_mlp, scale_mlp))
         return skip + mlp_update
 
 
@@ -433,8 +434,14 @@ class DiT(nn.Module):
                     raise ValueError("y is required: this model has no null class (class_dropout_prob=0)")
                 y = torch.full_like(t, self.num_classes, dtype=torch.long)
             c = c + self.y_embedder(y, force_drop_ids)
-        # Patchify yields a transposed (B, N, C) view; one copy to row-major keeps LayerNorm copy-free.
-        tokens = self.x_embedder(x).contiguous() + self.pos_embed
+        # Patchify yields a transposed (B, N, C) view; one copy to row-major keeps LayerNorm copy-free,
+        # and the positions are added into that copy (no second token tensor beside it). A clone, not
+        # .contiguous(), so the in-place add never touches the patch projection's own output.
+        tokens = self.x_embedder(x).clone(memory_format=torch.contiguous_format)
+        if tokens.dtype == self.pos_embed.dtype:
+            tokens.add_(self.pos_embed)
+        else:  # autocast: the sum promotes, as the out-of-place add of the original DiT does
+            tokens = tokens + self.pos_embed
         checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             mask = None if self.router is None else self.router.mask(t, block=i).to(tokens.dtype)

@@ -12,6 +12,18 @@ plus about one backward (input gradients + K cluster weight-gradients); extra me
 gradients of the largest layer. :func:`cluster_jacobian` is the slow exact reference (K backwards,
 K x P memory).
 
+The update ``sum_k c_k g_k`` is linear in the cluster gradients, so the same pass can also keep what
+builds it once the coefficients are known (``keep`` of :meth:`GramCapture.gram`, then
+:meth:`GramCapture.update`), and no ordinary backward follows: ``keep="inputs"`` keeps each layer's
+output gradient (its input is held) and then costs ONE weight-gradient GEMM per layer with the
+output gradient scaled per sample by ``c[cluster]`` (``nn.Conv2d``: one ``conv2d_weight``,
+``nn.Embedding``: one ``index_add``); ``keep="grads"`` keeps the K cluster gradients of every layer
+(already formed for the Gram) and the update is ``c @ rows`` per layer, no GEMM; ``keep="auto"``
+chooses per layer whichever of the two holds fewer numbers. Modules without a fast path (local
+autograd VJPs) keep their K rows. That pass frees the graph as it goes: outputs it would skip (a
+backward down to the first layers' outputs does not run the nodes upstream of them) are found by a
+walk of the graph beforehand and asked for too.
+
 Under FSDP (``fully_shard``) the hooks see the full, all-gathered weights during compute and the
 layers' activations are local, so the K cluster weight-gradients of a layer are this process's
 share; they are averaged over processes before their products, as without FSDP. The FSDP
@@ -35,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Balancer, add_to_grads, all_reduce_mean_, is_sharded, loss_scale, scaled
+from .base import Balancer, add_to_grads, all_reduce_mean_, is_sharded, loss_scale, scaled, world_size
 
 
 def cluster_jacobian(cluster_losses: Tensor, params: list[Tensor]) -> Tensor:
@@ -81,6 +93,63 @@ def _direct_params(module: nn.Module) -> list[Tensor]:
     return [p for p in module._parameters.values() if p is not None and p.requires_grad]
 
 
+def _fast_kind(module: nn.Module) -> str | None:
+    """Which closed-form weight gradient a module has ("linear", "conv2d", "embedding"), or None."""
+    if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
+        return "linear"
+    if (
+        isinstance(module, nn.Conv2d)
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    ):
+        return "conv2d"
+    if (
+        isinstance(module, nn.Embedding)
+        and module.max_norm is None
+        and not module.scale_grad_by_freq
+        and not module.sparse
+    ):
+        return "embedding"
+    return None
+
+
+def _unreached(total_loss: Tensor, roots: list[_Call], inner: list[_Call]) -> list[_Call]:
+    """The inner calls whose output a backward of ``total_loss`` down to the roots' outputs skips.
+
+    Autograd runs a node only when one of its inputs leads to a node whose gradient was asked for;
+    an inner output whose node runs (or is asked for) gets its hook called, the others do not.
+    """
+    targets = {call.output.grad_fn for call in roots}
+    start = total_loss.grad_fn
+    if start is None:
+        return list(inner)
+    parents: dict[Any, int] = {start: 0}  # reachable nodes -> number of their reachable parents
+    stack = [start]
+    while stack:
+        node = stack.pop()
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            if child not in parents:
+                parents[child] = 0
+                stack.append(child)
+            parents[child] += 1
+    order, ready = [], [start]  # parents before children
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        for child, _ in node.next_functions:
+            if child is not None:
+                parents[child] -= 1
+                if not parents[child]:
+                    ready.append(child)
+    needed: set[Any] = set()
+    for node in reversed(order):
+        if any(child in targets or child in needed for child, _ in node.next_functions if child is not None):
+            needed.add(node)
+    return [call for call in inner if not (call.output.grad_fn in needed or call.output.grad_fn in targets)]
+
+
 @dataclass
 class _Call:
     module: nn.Module
@@ -97,6 +166,9 @@ class _Pending:
     grads: Tensor | None = None
 
 
+KEEP_MODES = ("auto", "inputs", "grads")
+
+
 @dataclass
 class GramCapture:
     """Records one forward of ``net`` so that :meth:`gram` gives the K x K cluster-gradient Gram matrix.
@@ -111,6 +183,9 @@ class GramCapture:
     _handles: list[Any] = field(default_factory=list)
     _local: bool = False
     _stance: Any = None
+    _kept: list[tuple] = field(default_factory=list)
+    _kept_params: list[Tensor] = field(default_factory=list)
+    _kept_mode: str | None = None
 
     def __post_init__(self) -> None:
         cluster = self.sample_cluster
@@ -167,17 +242,28 @@ class GramCapture:
         self._calls.append(_Call(module, inputs, output, root, dict(module._parameters)))
 
     # ---- the Gram pass ---------------------------------------------------------------------------
-    def gram(self, total_loss: Tensor, params: Iterable[Tensor]) -> Tensor:
-        """K x K float64 Gram matrix of the cluster gradients w.r.t. ``params`` (graph retained).
+    def gram(self, total_loss: Tensor, params: Iterable[Tensor], keep: str | None = None) -> Tensor:
+        """K x K float64 Gram matrix of the cluster gradients w.r.t. ``params``.
 
         ``total_loss`` must be ``sum_k L_k`` (optionally multiplied by a loss scale). In several
         processes the per-layer cluster gradients are averaged before their products are taken, so
-        the Gram matrix is that of the union batch.
+        the Gram matrix is that of the union batch. ``keep=None``: the graph is retained (for an
+        ordinary backward afterwards). ``keep="inputs"`` or ``"grads"``: the pass frees the graph
+        and keeps what :meth:`update` needs to build ``sum_k c_k g_k`` (see the module docstring);
+        not under FSDP (sharded parameters).
         """
         params = list(params)
         wanted = {id(p) for p in params}
+        if keep is not None and keep not in KEEP_MODES:
+            raise ValueError(f"keep must be None or one of {list(KEEP_MODES)}, got {keep!r}")
         if any(is_sharded(p) for p in params):
+            if keep is not None:
+                raise ValueError(
+                    "keep= builds full parameter gradients, which FSDP-sharded parameters do not take; "
+                    "use keep=None and an ordinary backward under FSDP"
+                )
             wanted = None  # FSDP: every trainable slot of the net (parameter identities change)
+        self._kept, self._kept_params, self._kept_mode = [], params if keep is not None else [], keep
         calls, self._calls = self._calls, []
         if not calls:
             raise RuntimeError("GramCapture recorded no forward: run the forward inside `with capture:`")
@@ -190,11 +276,20 @@ class GramCapture:
 
         def consume(call: _Call, grad: Tensor | None) -> None:
             call.done = True
-            grad = torch.zeros_like(call.output) if grad is None else grad
-            flat = self._cluster_grads(call, grad, wanted, covered)
-            if flat is None:
+            result = self._cluster_grads(call, grad, wanted, covered)
+            call.output = None  # its gradient is in hand: let the output go
+            if result is None:
+                call.inputs = ()
                 return
+            flat, names, fast = result
             slot = pending.get(id(call.module))
+            kind = self._kind(keep, fast, slot is not None, call, grad, flat.shape[1])
+            if kind == "output":  # keep the output gradient (the input is held): one product later
+                self._kept.append(("output", call, names, grad))
+            else:
+                call.inputs = ()  # nothing of this call's input is needed any more
+            if kind == "local rows":
+                self._kept.append((kind, call, names, flat))
             if slot is not None:
                 slot.grads = flat if slot.grads is None else slot.grads + flat
                 slot.calls_left -= 1
@@ -202,6 +297,8 @@ class GramCapture:
                     return
                 flat = slot.grads
             flat = all_reduce_mean_(flat)
+            if kind == "rows":
+                self._kept.append((kind, call, names, flat))
             gram.add_((flat @ flat.T).to(torch.float64))
 
         def hook(call: _Call, grad: Tensor) -> None:
@@ -210,6 +307,28 @@ class GramCapture:
 
         inner = [call for call in calls if not call.root]
         roots = [call for call in calls if call.root]
+        if keep is not None:
+            # One pass that frees the graph as it goes. The outputs that a backward down to the root
+            # outputs would not reach (their hooks would not fire) are made inputs of it too.
+            missed = _unreached(total_loss, roots, inner)
+            # every output is consumed in its hook, before autograd frees the graph below it (a module
+            # without a fast path differentiates through its own piece of the graph there)
+            handles = [call.output.register_hook(functools.partial(hook, call)) for call in calls]
+            asked = roots + missed
+            try:
+                grads = torch.autograd.grad(total_loss, [c.output for c in asked], allow_unused=True)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            for call, grad in zip(asked, grads):
+                if not call.done:
+                    consume(call, grad)
+            del grads
+            for call in inner:  # outputs the loss does not depend on: zero gradients
+                if not call.done:
+                    consume(call, None)
+            self._check_covered(params, wanted, covered)
+            return gram
         handles = [call.output.register_hook(functools.partial(hook, call)) for call in inner]
         try:
             if roots:
@@ -228,6 +347,29 @@ class GramCapture:
             )
             for call, grad in zip(missed, grads):
                 consume(call, grad)
+        self._check_covered(params, wanted, covered)
+        return gram
+
+    def _kind(
+        self, keep: str | None, fast: bool, shared: bool, call: _Call, grad: Tensor | None, n: int
+    ) -> str | None:
+        """What a call leaves for :meth:`update`: "output" (its output gradient, the input held),
+        "local rows" (its own K cluster gradients), "rows" (the module's K cluster gradients, summed
+        over its calls and averaged over processes) or None (nothing: no keep, or a zero gradient)."""
+        if keep is None:
+            return None
+        if fast and (keep == "inputs" or (keep == "auto" and (shared or self._smaller(call, grad, n)))):
+            return None if grad is None else "output"
+        if keep == "inputs":
+            return "local rows"
+        return "rows"
+
+    def _smaller(self, call: _Call, grad: Tensor | None, n: int) -> bool:
+        """Whether the layer's input and output gradient take fewer elements than its K cluster gradients."""
+        return grad is not None and call.inputs[0].numel() + grad.numel() < self.k * n
+
+    @staticmethod
+    def _check_covered(params: list[Tensor], wanted: set[int] | None, covered: set[Any]) -> None:
         if wanted is None:
             if len(covered) != len(params):
                 raise ValueError(
@@ -235,19 +377,59 @@ class GramCapture:
                     f"captured forward used {len(covered)} trainable parameter slot(s); under FSDP pass "
                     "exactly the network's trainable parameters"
                 )
-            return gram
+            return
         uncovered = [p for p in params if id(p) not in covered] if len(covered) < len(wanted) else []
         if uncovered:
             raise ValueError(
                 f"{len(uncovered)} parameter tensor(s) passed to backward were not used by the "
                 "captured network forward; pass only the network's parameters"
             )
-        return gram
+
+    def update(self, coefficients: Tensor) -> list[Tensor]:
+        """``sum_k c_k g_k`` per parameter (in the order given to :meth:`gram`) from what it kept.
+
+        Needs a preceding ``gram(..., keep="inputs" | "grads")``; in several processes the result is
+        the union batch's (kept output gradients: the local update is averaged; kept cluster
+        gradients were averaged already). Parameters the loss did not reach get zeros.
+        """
+        params, kept = self._kept_params, self._kept
+        mode, self._kept, self._kept_params = self._kept_mode, [], []
+        if not params:
+            raise RuntimeError("update() needs a preceding gram(..., keep='inputs' or 'grads')")
+        if coefficients.shape != (self.k,):
+            raise ValueError(f"coefficients must have shape ({self.k},), got {tuple(coefficients.shape)}")
+        position = {id(p): i for i, p in enumerate(params)}
+        local: list[Tensor | None] = [None] * len(params)  # this process's share: averaged below
+        averaged: list[Tensor | None] = [None] * len(params)  # built from averaged cluster gradients
+        for kind, call, names, held in kept:
+            if (
+                kind == "output"
+            ):  # a fast layer's output gradient: one weight-gradient product with c[cluster]
+                pieces = self._combined(call, held, names, coefficients)
+            else:  # (K, n): the K cluster gradients of the module's parameters
+                flat = coefficients.to(held.device, held.dtype) @ held
+                pieces = flat.split([call.params[name].numel() for name in names])
+            totals = averaged if kind == "rows" else local
+            for name, piece in zip(names, pieces):
+                i = position[id(call.params[name])]
+                piece = piece.reshape(params[i].shape)
+                totals[i] = piece if totals[i] is None else totals[i] + piece
+        grads = [torch.zeros_like(p) if t is None else t.to(p.dtype) for p, t in zip(params, local)]
+        if world_size() > 1 and mode in ("auto", "inputs"):  # the same call on every process
+            flat = all_reduce_mean_(torch.cat([g.reshape(-1) for g in grads]))
+            grads = [g.reshape(p.shape) for g, p in zip(flat.split([p.numel() for p in params]), params)]
+        for i, total in enumerate(averaged):
+            if total is not None:
+                grads[i] = grads[i] + total.to(grads[i].dtype)
+        return grads
 
     def _cluster_grads(
-        self, call: _Call, grad: Tensor, wanted: set[int] | None, covered: set[Any]
-    ) -> Tensor | None:
-        """(K, n) cluster gradients of the module's own parameters that are in ``wanted`` (None: all)."""
+        self, call: _Call, grad: Tensor | None, wanted: set[int] | None, covered: set[Any]
+    ) -> tuple[Tensor, list[str], bool] | None:
+        """(K, n) cluster gradients of the module's own parameters that are in ``wanted`` (None: all).
+
+        Returns them with the parameter names in column order and whether the module has a fast path.
+        """
         module = call.module
         names = [
             name
@@ -260,25 +442,64 @@ class GramCapture:
             covered.update((id(module), name) for name in names)
         else:
             covered.update(id(call.params[name]) for name in names)
+        kind = _fast_kind(module)
+        if kind is not None:
+            names = [name for name in ("weight", "bias") if name in names]
+        if grad is None:  # the loss does not depend on this output: zero cluster gradients
+            first = call.params[names[0]]
+            size = sum(call.params[name].numel() for name in names)
+            dtype = torch.promote_types(first.dtype, torch.float32)
+            return torch.zeros(self.k, size, dtype=dtype, device=first.device), names, kind is not None
         compute = torch.promote_types(grad.dtype, torch.float32)
-        if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
-            pieces = self._linear(module, call.inputs[0], grad, names, compute)
-        elif (
-            isinstance(module, nn.Conv2d)
-            and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str)
-        ):
-            pieces = self._conv2d(module, call.inputs[0], grad, names, compute)
-        elif (
-            isinstance(module, nn.Embedding)
-            and module.max_norm is None
-            and not module.scale_grad_by_freq
-            and not module.sparse
-        ):
-            pieces = self._embedding(module, call.inputs[0], grad, names, compute)
+        if kind is None:
+            return torch.cat(self._generic(call, grad, names, compute), dim=1), names, False
+        method = {"linear": self._linear, "conv2d": self._conv2d, "embedding": self._embedding}[kind]
+        pieces = method(module, call.inputs[0], grad, names, compute)
+        return torch.cat(pieces, dim=1), names, True
+
+    def _combined(self, call: _Call, grad: Tensor, names: list[str], coefficients: Tensor) -> list[Tensor]:
+        """``sum_k c_k`` (cluster gradient k) of a fast layer's parameters: one product, c per sample."""
+        module, inputs = call.module, call.inputs[0]
+        dtype = torch.promote_types(grad.dtype, torch.float32)
+        scale = coefficients.to(grad.device, dtype)[self.sample_cluster.to(grad.device)]  # (B,)
+        grad = grad.to(dtype)
+        kind = _fast_kind(module)
+        pieces = []
+        if kind == "linear":
+            g = grad.reshape(self.batch_size, -1, module.out_features)
+            a = inputs.reshape(self.batch_size, -1, module.in_features).to(dtype)
+            if "weight" in names:  # scale the narrower operand
+                if module.out_features <= module.in_features:
+                    pieces.append(
+                        (g * scale[:, None, None]).reshape(-1, module.out_features).T @ a.flatten(0, 1)
+                    )
+                else:
+                    pieces.append(g.flatten(0, 1).T @ (a * scale[:, None, None]).flatten(0, 1))
+            if "bias" in names:
+                pieces.append(scale @ g.sum(1))
+        elif kind == "conv2d":
+            if "weight" in names:
+                pieces.append(
+                    torch.nn.grad.conv2d_weight(
+                        inputs.to(dtype),
+                        module.weight.shape,
+                        grad * scale[:, None, None, None],
+                        module.stride,
+                        module.padding,
+                        module.dilation,
+                        module.groups,
+                    )
+                )
+            if "bias" in names:
+                pieces.append(scale @ grad.sum((2, 3)))
         else:
-            pieces = self._generic(call, grad, names, compute)
-        return torch.cat(pieces, dim=1)
+            table = torch.zeros(module.num_embeddings, module.embedding_dim, dtype=dtype, device=grad.device)
+            scaled_grad = grad.reshape(self.batch_size, -1, module.embedding_dim) * scale[:, None, None]
+            table.index_add_(0, inputs.reshape(-1), scaled_grad.reshape(-1, module.embedding_dim))
+            if module.padding_idx is not None:
+                table[module.padding_idx] = 0
+            pieces.append(table)
+        return pieces
 
     def _linear(
         self, module: nn.Linear, inputs: Tensor, grad: Tensor, names: list[str], dtype: torch.dtype
@@ -350,29 +571,50 @@ class GramBalancer(Balancer):
     """Base of the methods whose weights are a function of the cluster-gradient Gram matrix.
 
     On update steps (every ``update_every`` calls) the Gram matrix comes from :class:`GramCapture`
-    (``engine="hooks"``, about one extra backward) or from K autograd backwards
-    (``engine="autograd"``, the slow exact reference); the coefficients ``c`` then drive one
-    ordinary backward of ``sum_k c_k L_k``. Between updates the coefficients are held and the step
-    costs one ordinary backward. Several processes: cluster gradients are averaged before the Gram
-    products, so every process computes the union batch's coefficients.
+    (``engine="hooks"``) or from K autograd backwards (``engine="autograd"``, the slow exact
+    reference, which then combines its K full gradients). With the hooks, ``keep`` says how the
+    update ``sum_k c_k g_k`` is built once the coefficients ``c`` are known, all from ONE backward:
+    ``"auto"`` (default) keeps per layer the smaller of its K cluster gradients and its input +
+    output gradient (on DiT-S at 32x32 the big block layers keep their cluster gradients, the adaLN
+    layers their output gradients), so the step costs about one forward + one backward and the
+    memory of plain training; ``"grads"`` always keeps the K cluster gradients (no product after the
+    solve; K x P memory at most); ``"inputs"`` always keeps the output gradients (one
+    weight-gradient GEMM per layer after the solve: about 1.5 backwards); ``"backward"`` builds it by
+    an ordinary backward of ``sum_k c_k L_k`` after the Gram pass (about two backwards; what
+    FSDP-sharded parameters always use, as FSDP's reduce-scatter must produce their gradients).
+    Between updates the coefficients are held and the step costs one ordinary backward. Several processes: cluster gradients are
+    averaged before the Gram products, so every process computes the union batch's coefficients.
     """
 
     def __init__(
-        self, k: int, update_every: int = 1, max_grad_norm: float | None = None, engine: str = "hooks"
+        self,
+        k: int,
+        update_every: int = 1,
+        max_grad_norm: float | None = None,
+        engine: str = "hooks",
+        keep: str = "auto",
     ) -> None:
         super().__init__(k, max_grad_norm)
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"update_every must be a positive int, got {update_every!r}")
         if engine not in ("hooks", "autograd"):
             raise ValueError(f"engine must be 'hooks' or 'autograd', got {engine!r}")
+        if keep not in (*KEEP_MODES, "backward"):
+            raise ValueError(f"keep must be one of {[*KEEP_MODES, 'backward']}, got {keep!r}")
         self.update_every = update_every
         self.engine = engine
+        self.keep = keep
         self.register_buffer("weights", torch.full((k,), 1.0 / k, dtype=torch.float64))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._capture: GramCapture | None = None
 
     def _options(self) -> dict:
-        return {**super()._options(), "update_every": self.update_every, "engine": self.engine}
+        return {
+            **super()._options(),
+            "update_every": self.update_every,
+            "engine": self.engine,
+            "keep": self.keep,
+        }
 
     def coefficients(self, gram: Tensor) -> tuple[Tensor, dict]:
         """Coefficients c (K,) of the cluster losses from the K x K Gram matrix, and extra logs."""
@@ -417,13 +659,18 @@ class GramBalancer(Balancer):
                 )
             capture, self._capture = self._capture, None
             scale = loss_scale(scaler)
-            gram = capture.gram(scaled(cluster_losses.sum(), scaler), params) / scale**2
+            keep = None if self.keep == "backward" or any(is_sharded(p) for p in params) else self.keep
+            gram = capture.gram(scaled(cluster_losses.sum(), scaler), params, keep=keep) / scale**2
             coefficients = self._solve(gram, logs)
-            logs.update(
-                self._write_grads(
-                    (coefficients.to(cluster_losses.dtype) * cluster_losses).sum(), params, scaler
+            if keep is None:
+                logs.update(
+                    self._write_grads(
+                        (coefficients.to(cluster_losses.dtype) * cluster_losses).sum(), params, scaler
+                    )
                 )
-            )
+            else:  # built from the Gram pass, in the scaled domain like a scaled backward
+                add_to_grads(params, capture.update(coefficients))
+                logs.update(self._clip(params, scaler))
         self.step += 1
         logs["weights"] = self.weights.detach().clone()
         return logs

@@ -33,14 +33,20 @@ class IMTLG(GramBalancer):
     """IMTL-G over cluster losses: update ``sum_i w_i grad L_i`` with :func:`imtl_weights` (sum 1).
 
     Weights recomputed every ``update_every`` steps (default 1) from the Gram matrix. Cost: update
-    steps one forward + about two backwards, other steps one ordinary backward. Several processes:
+    steps one forward + about one backward (``keep``, see :class:`GramBalancer`), other steps one
+    ordinary backward. Several processes:
     cluster gradients averaged before the Gram products (union-batch weights).
     """
 
     def __init__(
-        self, k: int, update_every: int = 1, max_grad_norm: float | None = None, engine: str = "hooks"
+        self,
+        k: int,
+        update_every: int = 1,
+        max_grad_norm: float | None = None,
+        engine: str = "hooks",
+        keep: str = "auto",
     ) -> None:
-        super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine)
+        super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine, keep=keep)
 
     def coefficients(self, gram: Tensor) -> tuple[Tensor, dict]:
         return imtl_weights(gram), {}

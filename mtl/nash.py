@@ -88,16 +88,22 @@ class NashMTL(GramBalancer):
     alpha = nash_weights(G / ||G||_F) (the Frobenius normalisation of Nash-MTL makes alpha free of
     the gradient scale; the 1/K and the clip set the step size), recomputed every ``update_every``
     steps (default 25, as ANT) and held in between; ``.grad`` norm clipped to ``max_grad_norm``
-    (default 1.0) after it is written. Cost: update steps one forward + about two backwards
-    (Gram pass + final backward), other steps one ordinary backward. Several processes: per-layer
+    (default 1.0) after it is written. Cost: update steps one forward + about one backward
+    (the update is built from the Gram pass: ``keep``, see :class:`GramBalancer`), other steps one
+    ordinary backward. Several processes: per-layer
     cluster gradients are averaged across processes before the Gram products, so alpha is that of
     the union batch on every process.
     """
 
     def __init__(
-        self, k: int, update_every: int = 25, max_grad_norm: float | None = 1.0, engine: str = "hooks"
+        self,
+        k: int,
+        update_every: int = 25,
+        max_grad_norm: float | None = 1.0,
+        engine: str = "hooks",
+        keep: str = "auto",
     ) -> None:
-        super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine)
+        super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine, keep=keep)
 
     def coefficients(self, gram: Tensor) -> tuple[Tensor, dict]:
         norm = torch.linalg.matrix_norm(gram)

@@ -82,8 +82,9 @@ class PCGrad(GramBalancer):
     """PCGrad over the K cluster gradients: update ``sum_i g_i'`` (a SUM: K times the mean's scale).
 
     The projected sum is ``sum_k c_k g_k`` with c from :func:`pcgrad_weights` (Gram matrix + random
-    orders drawn from a generator seeded by ``seed``), so it costs one forward + about two
-    backwards instead of K backwards and K x P memory. Several processes: cluster gradients are
+    orders drawn from a generator seeded by ``seed``), so it costs one forward + about one
+    backward (the update is built from the Gram pass: ``keep``, see :class:`GramBalancer`) instead
+    of K backwards and K x P memory. Several processes: cluster gradients are
     averaged before the Gram products and every process draws the same orders (same seed).
     """
 
@@ -93,9 +94,10 @@ class PCGrad(GramBalancer):
         update_every: int = 1,
         max_grad_norm: float | None = None,
         engine: str = "hooks",
+        keep: str = "auto",
         seed: int = 0,
     ) -> None:
-        super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine)
+        super().__init__(k, update_every=update_every, max_grad_norm=max_grad_norm, engine=engine, keep=keep)
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
 

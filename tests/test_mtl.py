@@ -223,12 +223,16 @@ def test_fast_gram_equals_k_backward_reference():
     )
 
 
+@pytest.mark.parametrize("keep", ["auto", "inputs", "grads", "backward"])
 @pytest.mark.parametrize("name", ["nash", "pcgrad", "imtl"])
-def test_fast_path_grads_equal_reference_engine(name):
+def test_fast_path_grads_equal_reference_engine(name, keep):
+    """Every way of building the update (kept output gradients, kept cluster gradients, a second
+    backward) equals the K-backward reference; TinyNet has Linear, Conv2d, Embedding, a Linear used
+    twice and a LayerNorm (no fast path: local VJPs)."""
     grads = {}
     for engine in ("hooks", "autograd"):
         net, batch = _net_and_batch(3)
-        balancer = mtl.build(name, K, update_every=1, engine=engine)
+        balancer = mtl.build(name, K, update_every=1, engine=engine, keep=keep)
         for _ in range(2):
             net.zero_grad()
             with balancer.capture(net, batch[4]):
@@ -238,6 +242,40 @@ def test_fast_path_grads_equal_reference_engine(name):
     for fast, slow in zip(*(grads[e][0] for e in ("hooks", "autograd"))):
         torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(grads["hooks"][1], grads["autograd"][1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("keep", ["auto", "inputs", "grads"])
+def test_kept_update_is_one_pass_and_accumulates(keep):
+    """keep= builds .grad from the Gram pass alone: the graph is freed (no second backward ran) and
+    the update is added to an existing .grad, as autograd accumulates."""
+    net, batch = _net_and_batch(10)
+    params = list(net.parameters())
+    earlier = [torch.randn_like(p) for p in params]
+    for p, g in zip(params, earlier):
+        p.grad = g.clone()
+    with GramCapture(net, batch[4], K) as capture:
+        losses = cluster_losses(net, batch, K)
+    jacobian = cluster_jacobian(losses, params)
+    gram = capture.gram(losses.sum(), params, keep=keep)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        losses.sum().backward()
+    coefficients = torch.tensor([0.3, -1.2, 2.0, 0.7], dtype=torch.float64)
+    update = capture.update(coefficients)
+    torch.testing.assert_close(gram, jacobian @ jacobian.T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        torch.cat([u.reshape(-1) for u in update]), coefficients @ jacobian, rtol=1e-10, atol=1e-12
+    )
+    with pytest.raises(RuntimeError, match="preceding gram"):
+        capture.update(coefficients)
+    balancer = mtl.build("imtl", K, keep=keep)
+    with balancer.capture(net, batch[4]):
+        losses = cluster_losses(net, batch, K)
+    jacobian = cluster_jacobian(losses, params)
+    logs = balancer.backward(losses, params)
+    for p, g, row in zip(params, earlier, (logs["weights"] @ jacobian).split([p.numel() for p in params])):
+        torch.testing.assert_close(p.grad, g + row.reshape(p.shape), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="keep must be"):
+        mtl.build("nash", K, keep="everything")
 
 
 def test_pcgrad_balancer_equals_explicit_projection_of_cluster_gradients():
@@ -429,6 +467,7 @@ def test_fast_gram_on_a_dit_equals_reference():
     with torch.no_grad():  # adaLN-Zero starts at zero: give every layer a gradient
         for p in params:
             p.add_(0.05 * torch.randn_like(p))
+    torch.manual_seed(10)  # the label dropout draw: the same in every forward below
     with GramCapture(net, cluster, 3) as capture:
         per_sample = net(x, t, y).pow(2).mean(dim=(1, 2, 3))
         losses = torch.zeros(3, dtype=torch.float64).index_add(0, cluster, per_sample) / 2
@@ -436,3 +475,56 @@ def test_fast_gram_on_a_dit_equals_reference():
     torch.testing.assert_close(
         capture.gram(losses.sum(), params), jacobian @ jacobian.T, rtol=1e-10, atol=1e-14
     )
+    for keep in ("auto", "inputs", "grads"):  # the update built from the Gram pass, on a DiT
+        torch.manual_seed(10)
+        with GramCapture(net, cluster, 3) as capture:
+            per_sample = net(x, t, y).pow(2).mean(dim=(1, 2, 3))
+            losses = torch.zeros(3, dtype=torch.float64).index_add(0, cluster, per_sample) / 2
+        torch.testing.assert_close(
+            capture.gram(losses.sum(), params, keep=keep), jacobian @ jacobian.T, rtol=1e-10, atol=1e-14
+        )
+        coefficients = torch.tensor([1.5, -0.25, 0.6], dtype=torch.float64)
+        update = torch.cat([u.reshape(-1) for u in capture.update(coefficients)])
+        torch.testing.assert_close(update, coefficients @ jacobian, rtol=1e-10, atol=1e-13)
+
+
+class _Awkward(torch.nn.Module):
+    """A module with its own parameter AND children: a Linear applied to that parameter (its output is
+    upstream of the module's root output, so a backward to the roots skips it) and a Linear whose
+    output the loss never uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query = torch.nn.Parameter(torch.randn(1, 3, dtype=torch.float64))
+        self.lift = torch.nn.Linear(3, 3).double()
+        self.inp = torch.nn.Linear(2, 3).double()
+        self.unused = torch.nn.Linear(2, 3).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.unused(x)
+        return torch.tanh(self.inp(x)) * self.lift(self.query.expand(len(x), 3))
+
+
+@pytest.mark.parametrize("keep", [None, "auto", "inputs", "grads"])
+def test_skipped_and_unused_outputs_get_exact_gradients(keep):
+    torch.manual_seed(11)
+    net = torch.nn.Sequential(_Awkward(), torch.nn.Linear(3, 2).double())
+    x = torch.randn(8, 2, dtype=torch.float64)
+    cluster = torch.arange(8) % K
+    params = list(net.parameters())
+
+    def losses() -> torch.Tensor:
+        per_sample = net(x).pow(2).sum(1)
+        return torch.zeros(K, dtype=torch.float64).index_add(0, cluster, per_sample) / 2
+
+    with GramCapture(net, cluster, K) as capture:
+        values = losses()
+    jacobian = cluster_jacobian(values, params)
+    assert jacobian[:, : net[0].query.numel()].abs().max() > 0  # the skipped path carries gradient
+    torch.testing.assert_close(
+        capture.gram(values.sum(), params, keep=keep), jacobian @ jacobian.T, rtol=1e-10, atol=1e-14
+    )
+    if keep is not None:
+        coefficients = torch.tensor([0.5, -2.0, 1.0, 3.0], dtype=torch.float64)
+        update = torch.cat([u.reshape(-1) for u in capture.update(coefficients)])
+        torch.testing.assert_close(update, coefficients @ jacobian, rtol=1e-10, atol=1e-14)

@@ -11,12 +11,14 @@ from tests.mtl_nets import TinyNet, cluster_losses, make_batch
 
 K = 3
 STEPS = 3
-METHODS = {
-    "linear": {},
-    "uw": {},
-    "famo": {},
-    "nash": {"update_every": 2},  # an update step, a held step, an update step
-    "pcgrad": {},
+METHODS = {  # label -> (balancer, options)
+    "linear": ("linear", {}),
+    "uw": ("uw", {}),
+    "famo": ("famo", {}),
+    "nash": ("nash", {"update_every": 2}),  # an update step, a held step, an update step
+    "pcgrad": ("pcgrad", {}),  # the update from kept output gradients (the default keep="inputs")
+    "pcgrad/grads": ("pcgrad", {"keep": "grads"}),  # from kept cluster gradients
+    "imtl/backward": ("imtl", {"keep": "backward"}),  # from a second, ordinary backward
 }
 
 
@@ -29,7 +31,8 @@ def _rank_batch(batch, rank: int, world: int):
 def _train(name: str, batch) -> torch.Tensor:
     torch.manual_seed(0)
     net = TinyNet().double()
-    balancer = mtl.build(name, K, **METHODS[name]).double()
+    method, options = METHODS[name]
+    balancer = mtl.build(method, K, **options).double()
     optimizer = torch.optim.SGD([{"params": net.parameters()}, *balancer.parameter_groups()], lr=0.05)
     for _ in range(STEPS):
         optimizer.zero_grad()
