@@ -51,7 +51,12 @@ def test_check_readme_parses_every_command_and_snippet():
     assert classes["zoo info"] == "short" and classes["make demo"] == "short"
     python = [s for i in items if i.kind == "python" for s in i.statements]
     network = [s for s in python if s["class"] == "skip"]
-    assert network and all("dit_xl.in1k" in s["code"] or "placeholder" in s["reason"] for s in network)
+    assert network and all(
+        "dit_xl.in1k" in s["code"]
+        or "placeholder" in s["reason"]
+        or s["reason"].startswith(("needs a GPU", "needs ANT"))
+        for s in network
+    )
 
 
 def test_short_readme_commands_succeed_in_a_fresh_directory(tmp_path):
