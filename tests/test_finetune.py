@@ -14,13 +14,13 @@ import torch
 import mtl
 import routing
 import zoo
+from tests import trainkit
 from tests.mtl_nets import TinyNet, cluster_losses, make_batch
+from tests.trainkit import TINY
 from zoo.checkpoint import load_latest_checkpoint
 from zoo.train import TrainConfig, Trainer, add_train_arguments, config_from_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY = {"hidden_size": 32, "depth": 2, "num_heads": 2}
 
 
 def create_quietly(*args, **kwargs):
@@ -30,22 +30,7 @@ def create_quietly(*args, **kwargs):
 
 
 def tiny_config(tmp_path, **changes) -> TrainConfig:
-    settings = {
-        "model": "dit_t_dtr_uw_k5",
-        "steps": 4,
-        "batch": 10,
-        "out": str(tmp_path / "run"),
-        "ema": 0.9,
-        "sample_steps": 2,
-        "sample_n": 10,
-        "ckpt_every": 2,
-        "log_every": 1,
-        "progress": False,
-        "overrides": dict(TINY),
-        "lr": 1e-3,
-    }
-    settings.update(changes)
-    return TrainConfig(**settings)
+    return trainkit.tiny_config(tmp_path, **{"sample_steps": 2, **changes})
 
 
 @pytest.fixture()

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import zoo
+from tests.trainkit import TINY, tiny_config
 from zoo.checkpoint import (
     NoCheckpointError,
     capture_rng_state,
@@ -27,30 +28,9 @@ from zoo.checkpoint import (
 )
 from zoo.data import TensorImageDataset, load_dataset
 from zoo.ema import EMA
-from zoo.train import TrainConfig, Trainer, TrainingDiverged, add_train_arguments, config_from_args
+from zoo.train import Trainer, TrainingDiverged, add_train_arguments, config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"hidden_size": 32, "depth": 2, "num_heads": 2}
-
-
-def tiny_config(tmp_path, model="dit_t_dtr_uw_k5", **changes) -> TrainConfig:
-    settings = {
-        "model": model,
-        "steps": 4,
-        "batch": 10,
-        "out": str(tmp_path / "run"),
-        "ema": 0.9,
-        "sample_steps": 3,
-        "sample_n": 10,
-        "ckpt_every": 2,
-        "log_every": 1,
-        "progress": False,
-        "overrides": dict(TINY),
-        "lr": 1e-3,
-    }
-    settings.update(changes)
-    return TrainConfig(**settings)
-
 
 # ---------------------------------------------------------------------------------------------- EMA
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import zoo.checkpoint as checkpoint
+from tests.trainkit import TINY, tiny_config
 from zoo.checkpoint import (
     CheckpointSpaceError,
     RunLock,
@@ -34,7 +35,6 @@ from zoo.ema import EMA
 from zoo.train import (
     DIT_LR,
     TINY_LR,
-    TrainConfig,
     Trainer,
     TrainingDiverged,
     default_lr,
@@ -43,28 +43,9 @@ from zoo.train import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"hidden_size": 32, "depth": 2, "num_heads": 2}
+
 TINY_FLAGS = ["--set", "hidden_size=32", "--set", "depth=2", "--set", "num_heads=2"]
 SMALL_RUN = ["--batch", "10", "--sample-steps", "3", "--sample-n", "10", "--no-progress"]
-
-
-def tiny_config(tmp_path, model="dit_t_dtr_uw_k5", **changes) -> TrainConfig:
-    settings = {
-        "model": model,
-        "steps": 4,
-        "batch": 10,
-        "out": str(tmp_path / "run"),
-        "ema": 0.9,
-        "sample_steps": 3,
-        "sample_n": 10,
-        "ckpt_every": 2,
-        "log_every": 1,
-        "progress": False,
-        "overrides": dict(TINY),
-        "lr": 1e-3,
-    }
-    settings.update(changes)
-    return TrainConfig(**settings)
 
 
 def _log(run: Path) -> list[dict]:
