@@ -7,9 +7,9 @@ DiT-S/2 and DiT-L/2 widths at the token counts of 256px (32x32 latents: 256 toke
 from __future__ import annotations
 
 import torch
+from zoo.models.dit import DIT_SIZES, Attention
 
 from benchmarks.common import report, side_by_side
-from models.dit import DIT_SIZES, Attention
 
 BATCH = 8
 

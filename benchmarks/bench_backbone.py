@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 
 import torch
+from zoo.models.dit import DiT, dit_config
 
 from benchmarks.common import report, side_by_side
-from models.dit import DiT, dit_config
-from zoo.convert import diffusers_config_from_dit, dit_to_diffusers
+from zoo.hub.convert import diffusers_config_from_dit, dit_to_diffusers
 
 BATCH = 8
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from zoo.clustering import interval_clustering, list_objectives
 
 from benchmarks.common import interleaved_timings, report
-from clustering import interval_clustering, list_objectives
 
 NUM_TIMESTEPS = 1000
 TARGET_SECONDS = 0.5

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 
 from benchmarks.common import interleaved_timings, report
-from zoo import evaluate
+from zoo.eval import metrics as evaluate
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from zoo.classifier import load_digits_classifier
-    from zoo.leaderboard import shipped_names
+    from zoo.eval.classifier import load_digits_classifier
+    from zoo.eval.leaderboard import shipped_names
 
     extractor = load_digits_classifier()
     names = shipped_names("digits", "dit_t")

@@ -28,10 +28,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from zoo.models import DiT
 
-import mtl
 from benchmarks.common import interleaved_timings, peak_memory_bytes, report
-from models import DiT
+from zoo import mtl
 
 K = 5
 TARGETS = {  # label -> (time target, memory target) vs linear; None: no target (a reference row)

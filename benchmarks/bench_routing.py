@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
+from zoo.models import DiT
+from zoo.models.adm import ADMUNet
 
-import routing
 from benchmarks.common import interleaved_timings, peak_memory_bytes, report
-from models import DiT
-from models.adm import ADMUNet
+from zoo import routing
 
 TIME_TARGET = 1.03
 MEMORY_TARGET = 1.02

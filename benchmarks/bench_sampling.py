@@ -14,9 +14,9 @@ from functools import partial
 from typing import Any
 
 import torch
+from zoo.models import DiT
 
 from benchmarks.common import interleaved_timings, report
-from models import DiT
 from zoo.diffusion import GaussianDiffusion
 
 CONFIGS = {

@@ -6,9 +6,9 @@ Counted on the meta device (free); the paper's figures are printed alongside whe
 from __future__ import annotations
 
 import torch
+from zoo.models.dit import DIT_SIZES, PATCH_SIZES, DiT, count_params, dit_config, gflops
 
 from benchmarks.common import report
-from models.dit import DIT_SIZES, PATCH_SIZES, DiT, count_params, dit_config, gflops
 
 # Peebles & Xie 2023, Tables 1 and 4 (params in millions for patch 2; GFLOPs).
 PAPER = {

@@ -105,7 +105,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def _dit_s_step(quick: bool) -> list[dict[str, Any]]:
     """DiT-S/2 at 32x32x4 (16x16 quick), batch 10: fp32 vs bf16 autocast, CPU time on one thread."""
-    from models import DiT
+    from zoo.models import DiT
 
     side, batch = (16 if quick else 32), 10
     threads = torch.get_num_threads()
@@ -162,9 +162,10 @@ def _dit_s_step(quick: bool) -> list[dict[str, Any]]:
 
 def _compile_gram_check() -> dict[str, Any]:
     """Gram matrix and built update of a torch.compile'd dit_t against the eager net (fp32, K = 5)."""
-    import mtl
-    from models import DiT
-    from mtl.gram import GramCapture
+    from zoo.models import DiT
+    from zoo.mtl.gram import GramCapture
+
+    from zoo import mtl
 
     torch.manual_seed(0)
     eager = DiT(

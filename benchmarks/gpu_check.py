@@ -377,8 +377,7 @@ def flat_grads(params: list[torch.Tensor]) -> torch.Tensor:
 def train_flops_per_image(config: dict[str, Any]) -> float:
     """FLOPs of one training image (forward + backward of the net), counted by FlopCounterMode on meta."""
     from torch.utils.flop_counter import FlopCounterMode
-
-    from models.dit import DiT
+    from zoo.models.dit import DiT
 
     config = {**config, "attn_backend": "math", "grad_checkpointing": False}
     with torch.device("meta"):
@@ -522,7 +521,7 @@ def sec_env(run: Run, plan: Plan, xformers: dict[str, Any]) -> None:
 def _attention_case(
     plan: Plan, shape: tuple[int, int, int, int], dtype: torch.dtype, xformers_ok: bool
 ) -> list[dict]:
-    from models.dit import Attention
+    from zoo.models.dit import Attention
 
     batch, tokens, dim, heads = shape
     torch.manual_seed(0)
@@ -752,7 +751,7 @@ def _free_port() -> int:
 def sec_fsdp(run: Run, plan: Plan) -> None:
     import torch.distributed as dist
 
-    from zoo.distributed import shard_model
+    from zoo.train.distributed import shard_model
 
     backend = "nccl" if plan.cuda else "gloo"
     items: list[dict[str, Any]] = []
@@ -947,7 +946,7 @@ def _time_trainer(trainer: Any, batch: tuple, warmup: int, repeats: int, cuda: b
 
 
 def sec_speed(run: Run, plan: Plan, xformers: dict[str, Any], sizes: list[tuple[str, int]]) -> None:
-    from models.dit import dit_config
+    from zoo.models.dit import dit_config
 
     rows: list[dict[str, Any]] = run.sections["speed"].setdefault("rows", [])
     run.sections["speed"].update(
@@ -1168,7 +1167,7 @@ def sec_sampling(run: Run, plan: Plan, xformers: dict[str, Any]) -> None:
 
 
 def anchors_and_targets(run: Run) -> None:
-    from models.dit import dit_config
+    from zoo.models.dit import dit_config
 
     xl = train_flops_per_image(dit_config("XL", 2, input_size=32, in_channels=4, num_classes=1000))
     images = FAST_DIT["steps_per_s"] * FAST_DIT["batch"]

@@ -6,9 +6,9 @@ denoising tasks, stratified timestep sampling, per-cluster losses and task-affin
     cluster_losses = clusters.reduce(per_sample_losses, t)
 """
 
-from clustering.clusters import TaskClusters
-from clustering.intervals import interval_clustering, optimal_intervals
-from clustering.objectives import (
+from .clusters import TaskClusters
+from .intervals import interval_clustering, optimal_intervals
+from .objectives import (
     Objective,
     get_objective,
     list_objectives,

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from clustering.clusters import TaskClusters
-from clustering.objectives import get_objective, list_objectives
+from .clusters import TaskClusters
+from .objectives import get_objective, list_objectives
 
 
 def interval_clustering(

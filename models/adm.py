@@ -62,6 +62,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .registry import register_arch, register_backbone
+
 __all__ = [
     "ADM_CONFIGS",
     "ADMUNet",
@@ -294,6 +296,7 @@ def attention_downsample_rates(image_size: int, resolutions: Sequence[int]) -> t
     return tuple(rates)
 
 
+@register_arch("adm")
 class ADMUNet(nn.Module):
     """The guided-diffusion U-Net (same arguments and state-dict keys), with optional DTR routing.
 
@@ -303,6 +306,28 @@ class ADMUNet(nn.Module):
     the checkpoint (see the module docstring: the wrong order loads silently and gives garbage).
     `class_dropout_prob > 0` adds a null class (index `num_classes`) for classifier-free guidance.
     """
+
+    # the facts other layers read (models/registry.py)
+    stem_key = "input_blocks.0.0"
+    head_key = "out.2"
+    label_key = "label_emb"
+    resizable_keys = ()
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """One FSDP unit per residual and attention block."""
+        return [module for module in self.modules() if isinstance(module, (ResBlock, AttentionBlock))]
+
+    @staticmethod
+    def resolve_learn_sigma(kwargs: dict[str, Any], overrides: dict[str, Any], defaults: dict[str, Any]) -> bool:
+        """guided-diffusion states learned sigma through its output width (2 x in_channels): a
+        `learn_sigma` override sets out_channels; a new in_channels keeps the size's choice."""
+        if "learn_sigma" in kwargs:
+            sigma = bool(kwargs.pop("learn_sigma"))
+            kwargs["out_channels"] = kwargs["in_channels"] * (2 if sigma else 1)
+        elif "in_channels" in overrides and "out_channels" not in overrides:
+            sigma = defaults["out_channels"] == 2 * defaults["in_channels"]
+            kwargs["out_channels"] = kwargs["in_channels"] * (2 if sigma else 1)
+        return kwargs["out_channels"] == 2 * kwargs["in_channels"]
 
     def __init__(
         self,
@@ -546,3 +571,13 @@ def adm_config(name: str, **overrides: Any) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"unknown ADMUNet arguments {unknown}")
     return {**ADM_CONFIGS[name], **overrides}
+
+
+def _register_adm(name: str) -> None:
+    @register_backbone(name)
+    def _entry() -> dict[str, Any]:
+        return {"arch": "adm", "kwargs": adm_config(name)}
+
+
+for _name in ADM_CONFIGS:
+    _register_adm(_name)

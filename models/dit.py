@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
+from .registry import register_arch, register_backbone
+
 ATTN_BACKENDS = ("sdpa", "math", "xformers")
 
 # Sizes of the DiT paper (hidden width, depth, heads) plus a tiny T for demos and tests.
@@ -247,6 +249,7 @@ def _value_range(tensor: Tensor) -> tuple[int, int] | None:
     return int(low), int(high)
 
 
+@register_arch("dit")
 class DiT(nn.Module):
     """Diffusion transformer: latents (B, C, H, W), timesteps (B,), labels (B,) -> (B, out_channels, H, W).
 
@@ -255,6 +258,21 @@ class DiT(nn.Module):
     A router (see CONTRIBUTING.md) supplies per-block channel masks from the timesteps.
     timestep_freq_shift=1 reproduces diffusers' timestep frequencies (0 is the original DiT).
     """
+
+    # the facts other layers read (models/registry.py)
+    stem_key = "x_embedder.proj"
+    head_key = "final_layer.linear"
+    label_key = "y_embedder.embedding_table"
+    resizable_keys = ("pos_embed",)  # fixed sin-cos: recomputed for the model's own token grid
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """One FSDP unit per transformer block."""
+        return list(self.blocks)
+
+    @staticmethod
+    def resolve_learn_sigma(kwargs: dict[str, Any], overrides: dict[str, Any], defaults: dict[str, Any]) -> bool:
+        """DiT states learned sigma as its own `learn_sigma` argument (default True)."""
+        return bool(kwargs.get("learn_sigma", True))
 
     def __init__(
         self,
@@ -488,3 +506,18 @@ def gflops(net_or_config: DiT | Mapping[str, Any]) -> float:
     with counter, torch.no_grad():
         twin(x, t, y)
     return counter.get_total_flops() / 2 / 1e9
+
+
+def _register_dit(size: str, patch: int) -> None:
+    name = f"dit_{size.lower()}" if patch == 2 else f"dit_{size.lower()}_p{patch}"
+
+    @register_backbone(name)
+    def _entry() -> dict[str, Any]:
+        kwargs = {"input_size": 32, "patch_size": patch, "in_channels": 4, "num_classes": 1000}
+        return {"arch": "dit", "kwargs": {**kwargs, **DIT_SIZES[size]}}
+
+
+# DiT-{T,S,B,L,XL}/{2,4,8} for 32x32x4 latents and 1,000 classes: dit_s, dit_s_p4, dit_xl_p8, ...
+for _size in DIT_SIZES:
+    for _patch in PATCH_SIZES:
+        _register_dit(_size, _patch)

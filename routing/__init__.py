@@ -5,12 +5,12 @@ backbone multiplies into the input of block ``block``; ``"random"`` is random ro
 builds no router. Tables are derived from config and never stored in checkpoints.
 """
 
-from routing.base import Router, warmup_strength
-from routing.dtr import DTRRouter
-from routing.plot import plot_table
-from routing.random import RandomRouter
-from routing.registry import build, get_router_class, list_routers, register_router
-from routing.tables import describe_table, dtr_table, random_table
+from .base import Router, warmup_strength
+from .dtr import DTRRouter
+from .plot import plot_table
+from .random import RandomRouter
+from .registry import build, get_router_class, list_routers, register_router
+from .tables import describe_table, dtr_table, random_table
 
 __all__ = [
     "DTRRouter",

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from routing.base import Router
-from routing.registry import register_router
-from routing.tables import DTR_VARIANTS, DTRVariant, check_hyperparameters, dtr_table_bool
+from .base import Router
+from .registry import register_router
+from .tables import DTR_VARIANTS, DTRVariant, check_hyperparameters, dtr_table_bool
 
 
 @register_router("dtr")

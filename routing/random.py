@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from routing.base import Router
-from routing.registry import register_router
-from routing.tables import check_hyperparameters, random_table_bool
+from .base import Router
+from .registry import register_router
+from .tables import check_hyperparameters, random_table_bool
 
 
 @register_router("random")

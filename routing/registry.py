@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from routing.base import Router
+from .base import Router
 
 NO_ROUTER = "none"
 _ROUTERS: dict[str, type[Router]] = {}

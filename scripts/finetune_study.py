@@ -132,7 +132,7 @@ def result_path(data: str, seeds: tuple[int, ...]) -> Path:
 
 
 def run_data(data: str, seeds: tuple[int, ...] = SEEDS) -> Path:
-    from zoo.leaderboard import Evaluator, LeaderboardSettings
+    from zoo.eval.leaderboard import Evaluator, LeaderboardSettings
 
     torch.set_num_threads(1)
     os.chdir(ROOT)  # the recorded commands use paths relative to the repository

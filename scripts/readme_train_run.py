@@ -49,8 +49,8 @@ def main() -> int:
     import torch
 
     import zoo
-    from zoo.checkpoint import sha256_file
-    from zoo.leaderboard import Evaluator, LeaderboardSettings
+    from zoo.eval.leaderboard import Evaluator, LeaderboardSettings
+    from zoo.train.checkpoint import sha256_file
 
     torch.set_num_threads(1)
     final = run / "final"

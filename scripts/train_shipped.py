@@ -140,13 +140,13 @@ def train(recipe: str, seed: int, threads: int, data: str = "digits") -> None:
 def ship(recipe: str, data: str = "digits") -> dict:
     """Copy seed 0's EMA model into the package and return its manifest entry."""
     sys.path.insert(0, str(ROOT))
-    from zoo.hub import sha256_of
+    from zoo.layout import sha256_of
 
     tag = DATA[data]["tag"]
     source = ROOT / DATA[data]["runs"] / recipe / "seed0" / "final"
     target = PRETRAINED / f"{recipe}.{tag}"
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / "config.json", target / "config.json")  # README.md: zoo.card.shipped_card
+    shutil.copyfile(source / "config.json", target / "config.json")  # README.md: zoo.hub.cards.shipped_card
     # shipped in float16 (half the size; loading casts back to the model's float32)
     from safetensors.torch import load_file, save_file
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cards_only:
         sys.path.insert(0, str(ROOT))
-        from zoo.leaderboard import write_shipped_cards
+        from zoo.eval.leaderboard import write_shipped_cards
 
         for path in write_shipped_cards():
             print(f"wrote {path.relative_to(ROOT)}")
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 "python",
                 "-m",
-                "zoo.classifier",
+                "zoo.eval.classifier",
                 "--data",
                 args.data,
                 "--out",
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in recipes:
             manifest[f"{recipe}.{DATA[args.data]['tag']}"] = ship(recipe, args.data)
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-        from zoo.leaderboard import write_shipped_cards
+        from zoo.eval.leaderboard import write_shipped_cards
 
         write_shipped_cards([f"{recipe}.{DATA[args.data]['tag']}" for recipe in recipes])
     if not args.skip_leaderboard:

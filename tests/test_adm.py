@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-
-from models.adm import (
+from zoo.models.adm import (
     ADMUNet,
     AttentionBlock,
     ResBlock,

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
+from zoo.clustering import interval_clustering
+from zoo.clustering.affinity import cosine_matrix, expand_affinity, measure, plot_affinity
+from zoo.models import DiT
 
-from clustering import interval_clustering
-from clustering.affinity import cosine_matrix, expand_affinity, measure, plot_affinity
-from models import DiT
 from zoo.diffusion import GaussianDiffusion
 
 

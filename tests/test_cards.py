@@ -12,9 +12,10 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 import zoo
-from zoo.card import derived_license, parameter_counts, pretrained_lineage, render_card, shipped_card
+from zoo.card import derived_license, parameter_counts, render_card
 from zoo.hub import PACKAGE_WEIGHTS
-from zoo.pretrained_shipped import shipped_entries
+from zoo.hub.cards import pretrained_lineage, shipped_card
+from zoo.hub.shipped import shipped_entries
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SHIPPED = shipped_entries()
@@ -178,7 +179,7 @@ def test_external_weights_use_the_schedule_they_were_trained_with():
 
     external = [n for n in zoo.list_pretrained() if get_pretrained_cfg(n).format != "zoo"]
     assert sorted(external) == sorted(RELEASED_SCHEDULES)  # a new external weight must be checked here
-    from zoo.info import tag_overrides
+    from zoo.hub.info import tag_overrides
     from zoo.model import config_from_name
     from zoo.registry import parse_name
 
@@ -194,7 +195,7 @@ def test_external_weights_use_the_schedule_they_were_trained_with():
 
 
 def test_a_converted_ant_checkpoint_gets_the_cosine_schedule(tmp_path):
-    from zoo.convert_cli import convert_to_zoo
+    from zoo.cli.convert import convert_to_zoo
 
     net = zoo.create("dit_t", input_size=8, in_channels=1, num_classes=10).net
     torch.save({"ema": net.state_dict(), "model": net.state_dict()}, tmp_path / "ant.pt")

@@ -46,7 +46,7 @@ def test_every_help_shows_every_default(command, capsys):
 
 def test_guidance_defaults_agree_across_commands():
     from zoo.card import use_snippet
-    from zoo.leaderboard import LeaderboardSettings
+    from zoo.eval.leaderboard import LeaderboardSettings
     from zoo.model import DiffusionModel
     from zoo.train import TrainConfig
 
@@ -59,7 +59,7 @@ def test_guidance_defaults_agree_across_commands():
 
 
 def test_leaderboard_writes_into_the_current_directory_by_default(tmp_path, monkeypatch):
-    from zoo import leaderboard
+    from zoo.eval import leaderboard
 
     def listing(folder: Path) -> dict[str, float]:
         return {str(p): p.stat().st_mtime for p in folder.rglob("*") if p.is_file()}
@@ -79,7 +79,7 @@ def test_leaderboard_writes_into_the_current_directory_by_default(tmp_path, monk
 
 
 def _affinity(tmp_path: Path, seed: int, name: str) -> torch.Tensor:
-    from zoo.affinity_cli import run_affinity
+    from zoo.cli.affinity import run_affinity
 
     parser = _subparser("affinity")
     args = parser.parse_args(

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from zoo.clustering import TaskClusters, interval_clustering
+from zoo.clustering import objectives as objectives_module
 
-import clustering
-from clustering import TaskClusters, interval_clustering
-from clustering import objectives as objectives_module
+from zoo import clustering
 
 
 def linear_snr(num_timesteps: int = 1000) -> np.ndarray:

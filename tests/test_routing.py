@@ -9,9 +9,9 @@ from fractions import Fraction
 import pytest
 import torch
 from torch import nn
+from zoo.routing import registry as routing_registry
 
-import routing
-from routing import registry as routing_registry
+from zoo import routing
 
 
 def expected_code_table(channels: int, num_tasks: int, beta: Fraction, alpha: int) -> torch.Tensor:
@@ -343,7 +343,7 @@ def test_plot_table_writes_a_png(tmp_path) -> None:
 
 def tiny_dit(router: routing.Router | None = None, seed: int = 0) -> nn.Module:
     """A small DiT with every parameter perturbed, so adaLN-Zero blocks are not the identity."""
-    from models import DiT
+    from zoo.models import DiT
 
     torch.manual_seed(seed)
     net = DiT(
@@ -363,7 +363,7 @@ def tiny_dit(router: routing.Router | None = None, seed: int = 0) -> nn.Module:
 
 
 def test_routed_dit_block_is_x_plus_block_of_masked_x() -> None:
-    from models.dit import DiTBlock
+    from zoo.models.dit import DiTBlock
 
     torch.manual_seed(0)
     block = DiTBlock(hidden_size=32, num_heads=4).double()
@@ -440,7 +440,7 @@ def test_respaced_sampling_masks_follow_the_original_timesteps() -> None:
 
 
 def test_dtr_router_serves_every_width_of_an_adm_unet() -> None:
-    from models.adm import ADMUNet
+    from zoo.models.adm import ADMUNet
 
     torch.manual_seed(0)
     arguments = dict(

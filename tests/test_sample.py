@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 import zoo
-from zoo.images import make_grid, save_grid, save_images, save_npz, to_uint8
-from zoo.sample import add_sample_arguments, main_from_args, parse_labels
+from zoo.data.images import make_grid, save_grid, save_images, save_npz, to_uint8
+from zoo.eval.sampling import add_sample_arguments, main_from_args, parse_labels
 
 
 def test_to_uint8_matches_a_float64_rederivation():

@@ -18,7 +18,9 @@ import torch
 
 import zoo
 from tests.trainkit import TINY, tiny_config
-from zoo.checkpoint import (
+from zoo.data import TensorImageDataset, load_dataset
+from zoo.train import Trainer, TrainingDiverged, add_train_arguments, config_from_args
+from zoo.train.checkpoint import (
     NoCheckpointError,
     capture_rng_state,
     list_checkpoints,
@@ -26,9 +28,7 @@ from zoo.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from zoo.data import TensorImageDataset, load_dataset
-from zoo.ema import EMA
-from zoo.train import Trainer, TrainingDiverged, add_train_arguments, config_from_args
+from zoo.train.ema import EMA
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,21 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import zoo.checkpoint as checkpoint
+import zoo.train.checkpoint as checkpoint
 from tests.trainkit import TINY, tiny_config
-from zoo.checkpoint import (
-    CheckpointSpaceError,
-    RunLock,
-    RunLockedError,
-    ensure_writable,
-    list_checkpoints,
-    load_latest_checkpoint,
-    save_checkpoint,
-    state_nbytes,
-)
 from zoo.cli import main as cli
 from zoo.data import SeededBatchSampler, TensorImageDataset, load_dataset
-from zoo.ema import EMA
 from zoo.train import (
     DIT_LR,
     TINY_LR,
@@ -41,6 +30,17 @@ from zoo.train import (
     default_warmup,
     lr_factor,
 )
+from zoo.train.checkpoint import (
+    CheckpointSpaceError,
+    RunLock,
+    RunLockedError,
+    ensure_writable,
+    list_checkpoints,
+    load_latest_checkpoint,
+    save_checkpoint,
+    state_nbytes,
+)
+from zoo.train.ema import EMA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -357,14 +357,14 @@ def test_ensure_writable_refuses_paths_that_cannot_be_written(tmp_path):
     ],
 )
 def test_commands_check_their_outputs_before_sampling(tmp_path, capsys, monkeypatch, argv):
-    import zoo.evaluate
-    import zoo.sample
+    import zoo.eval.metrics
+    import zoo.eval.sampling
 
     def never(*args, **kwargs):
         raise AssertionError("sampled or extracted before the output was checked")
 
-    monkeypatch.setattr(zoo.sample, "sample_images", never)
-    monkeypatch.setattr(zoo.evaluate, "extract", never)
+    monkeypatch.setattr(zoo.eval.sampling, "sample_images", never)
+    monkeypatch.setattr(zoo.eval.metrics, "extract", never)
     afile = tmp_path / "a_file"
     afile.write_text("x")
     bad = str(afile / "out")

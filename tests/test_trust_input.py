@@ -22,11 +22,12 @@ import torch
 from safetensors.torch import save_file
 
 import zoo
-from zoo import inception
 from zoo.cli import main
-from zoo.hub import CorruptWeightsError, PretrainedCfg, sha256_of
+from zoo.eval import inception
+from zoo.hub import CorruptWeightsError, PretrainedCfg
+from zoo.hub.safeload import read_torchscript_tensors
+from zoo.layout import sha256_of
 from zoo.registry import UnknownModelError, parse_name
-from zoo.safeload import read_torchscript_tensors
 from zoo.validate import ConfigError
 
 DIGITS = {"input_size": 8, "in_channels": 1, "num_classes": 10}
@@ -43,7 +44,7 @@ def tiny(name: str = "dit_t", **overrides):
 @pytest.fixture
 def registered():
     """Register temporary weight configs; removed again after the test."""
-    from zoo import hub
+    from zoo.hub import registry as hub
 
     hub._load_builtin_configs()
     names = []
@@ -365,7 +366,7 @@ def test_a_folder_here_never_shadows_a_registry_name(tmp_path, monkeypatch):
     reference = zoo.create("dit_t.digits", pretrained=True)
     key = "x_embedder.proj.weight"
     torch.testing.assert_close(shipped.net.state_dict()[key], reference.net.state_dict()[key])
-    from zoo.sample import load_model
+    from zoo.eval.sampling import load_model
 
     assert load_model("dit_t").net.router is None  # `zoo sample dit_t` takes the registry's weights
     with pytest.raises(UnknownModelError, match="non-empty"):
@@ -645,9 +646,9 @@ def test_backbone_numbers_are_refused_naming_the_range(overrides, field):
     ],
 )
 def test_zoo_sample_refuses_bad_numbers_before_loading(argv, words, monkeypatch, capsys):
-    import zoo.sample
+    import zoo.eval.sampling
 
-    monkeypatch.setattr(zoo.sample, "load_model", lambda name: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(zoo.eval.sampling, "load_model", lambda name: pytest.fail("the model was loaded"))
     with pytest.raises(SystemExit) as exit_info:
         main(["sample", "dit_t.digits", *argv])
     assert exit_info.value.code == 2
@@ -657,9 +658,9 @@ def test_zoo_sample_refuses_bad_numbers_before_loading(argv, words, monkeypatch,
 
 
 def test_zoo_sample_refuses_eta_with_ddpm_before_loading(monkeypatch, capsys):
-    import zoo.sample
+    import zoo.eval.sampling
 
-    monkeypatch.setattr(zoo.sample, "load_model", lambda name: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(zoo.eval.sampling, "load_model", lambda name: pytest.fail("the model was loaded"))
     assert main(["sample", "dit_t.digits", "--eta", "0.5"]) == 2
     assert "--eta is a DDIM parameter" in capsys.readouterr().err
 
@@ -757,8 +758,8 @@ def _png_header(path: Path, width: int, height: int) -> Path:
 def test_decompression_bombs_are_skipped_and_named_like_unreadable_files(tmp_path):
     from PIL import Image
 
+    from zoo.cli.fid import open_image_set
     from zoo.data import BadDataError, ImageFolderDataset
-    from zoo.fid_cli import open_image_set
 
     assert 20000 * 20000 > 2 * Image.MAX_IMAGE_PIXELS > 10000 * 10000 > Image.MAX_IMAGE_PIXELS
     (tmp_path / "a").mkdir()

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import zoo
-from zoo.hub import CorruptWeightsError, PretrainedCfg, sha256_of
+from zoo.hub import CorruptWeightsError, PretrainedCfg
+from zoo.layout import sha256_of
 from zoo.registry import UnknownModelError, parse_name
 
 DIGITS = {"input_size": 8, "in_channels": 1, "num_classes": 10}
@@ -224,7 +225,7 @@ def test_state_dict_pretrained_and_strictness():
 
 
 def _register_tmp(cfg: PretrainedCfg) -> PretrainedCfg:
-    from zoo import hub
+    from zoo.hub import registry as hub
 
     hub._load_builtin_configs()
     hub._PRETRAINED.pop(cfg.name, None)

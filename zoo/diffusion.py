@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from zoo.validate import check_sampling_numbers
+
 __all__ = [
     "GaussianDiffusion",
     "approx_standard_normal_cdf",
@@ -640,8 +642,6 @@ class GaussianDiffusion:
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-        from zoo.validate import check_sampling_numbers
-
         check_sampling_numbers(guidance, eta)  # before any work: NaN guidance would draw black images
         if sampler == "ddpm" and eta != 0.0:
             raise ValueError(f"eta is a DDIM parameter; got eta={eta} with sampler='ddpm'")

@@ -5,7 +5,6 @@ MTL balancer, rebuilt from one JSON-serialisable config (ARCHITECTURE.md, "The o
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import math
 import warnings
@@ -16,38 +15,26 @@ from typing import Any
 import torch
 from torch import nn
 
+try:
+    from torch.distributed.fsdp import FSDPModule
+except ImportError:  # torch built without distributed support
+    FSDPModule = None
+
+from zoo import clustering, mtl, routing
+from zoo.config import _clusters_with_affinity, arch_class, config_from_name
 from zoo.diffusion import GaussianDiffusion
-from zoo.registry import ROUTING_ALIASES, ModelName, UnknownModelError, backbone_spec, parse_name
-
-CONFIG_VERSION = 1
-
-#: overrides that configure the routing part (grammar `_dtr`, `_rand`)
-ROUTING_OVERRIDES = {"beta", "alpha", "variant", "routing_seed"}
-#: overrides that configure the diffusion process
-DIFFUSION_OVERRIDES = {"schedule", "num_timesteps", "normal_cdf"}
-#: other recognised overrides
-OTHER_OVERRIDES = {"affinity", "mtl_options", "weighting_options", "vae", "data"}
-
-
-def _arch_class(arch: str) -> type[nn.Module]:
-    if arch == "dit":
-        from models.dit import DiT
-
-        return DiT
-    if arch == "adm":
-        from models.adm import ADMUNet
-
-        return ADMUNet
-    raise UnknownModelError(f"unknown backbone architecture {arch!r}; known: ['dit', 'adm']")
-
-
-def _arch_arguments(arch: str) -> set[str]:
-    params = inspect.signature(_arch_class(arch).__init__).parameters
-    return {
-        name
-        for name in params
-        if name not in ("self", "router") and params[name].kind != params[name].VAR_KEYWORD
-    }
+from zoo.layout import (
+    MTL_WEIGHTS_NAME,
+    download_folder,
+    load_folder,
+    load_safetensors,
+    push_folder,
+    read_config,
+    save_folder,
+    save_mtl_state,
+)
+from zoo.registry import ModelName
+from zoo.validate import check_weights
 
 
 @dataclass
@@ -62,69 +49,6 @@ class LossOutput:
     mse: torch.Tensor  # (B,) raw eps-MSE, before weighting
 
 
-def config_from_name(name: str | ModelName, **overrides: Any) -> dict[str, Any]:
-    """The full config of a named recipe with overrides applied (no network is built)."""
-    parsed = parse_name(name) if isinstance(name, str) else name
-    overrides = {**parsed.overrides, **overrides}
-    spec = backbone_spec(parsed.backbone)
-    arch_args = _arch_arguments(spec["arch"])
-    known = arch_args | ROUTING_OVERRIDES | DIFFUSION_OVERRIDES | OTHER_OVERRIDES | {"learn_sigma"}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown override(s) {unknown} for {parsed.full_name!r}; valid: {sorted(known)}")
-    backbone_kwargs = {**spec["kwargs"], **{k: v for k, v in overrides.items() if k in arch_args}}
-    if "learn_sigma" in overrides:
-        backbone_kwargs["learn_sigma"] = overrides["learn_sigma"]
-    if spec["arch"] == "adm":  # guided-diffusion's UNet states learned sigma through its output width
-        if "learn_sigma" in backbone_kwargs:
-            sigma = bool(backbone_kwargs.pop("learn_sigma"))
-            backbone_kwargs["out_channels"] = backbone_kwargs["in_channels"] * (2 if sigma else 1)
-        elif "in_channels" in overrides and "out_channels" not in overrides:  # keep the size's learned sigma
-            sigma = spec["kwargs"]["out_channels"] == 2 * spec["kwargs"]["in_channels"]
-            backbone_kwargs["out_channels"] = backbone_kwargs["in_channels"] * (2 if sigma else 1)
-        learn_sigma = backbone_kwargs["out_channels"] == 2 * backbone_kwargs["in_channels"]
-    else:
-        learn_sigma = bool(backbone_kwargs.get("learn_sigma", True))
-    diffusion = {
-        "schedule": overrides.get("schedule", "linear"),
-        "num_timesteps": int(overrides.get("num_timesteps", 1000)),
-        "learn_sigma": learn_sigma,
-        # the recipes reproduce the released ADM / DiT / ANT / DTR code: its tanh CDF in the t = 0 NLL
-        "normal_cdf": overrides.get("normal_cdf", "adm"),
-    }
-    routing = None
-    if parsed.routing:
-        routing = {"name": ROUTING_ALIASES.get(parsed.routing, parsed.routing)}
-        for key in ("beta", "alpha", "variant"):
-            if key in overrides:
-                routing[key] = overrides[key]
-        if "routing_seed" in overrides:
-            routing["seed"] = overrides["routing_seed"]
-    elif ROUTING_OVERRIDES & set(overrides):
-        raise UnknownModelError(
-            f"{sorted(ROUTING_OVERRIDES & set(overrides))} configure routing, but {parsed.full_name!r} has none "
-            f"(add a routing part, e.g. {parsed.backbone}_dtr)"
-        )
-    clustering = {"k": parsed.k or 1, "objective": parsed.objective or "uniform"}
-    mtl_cfg = {"name": parsed.balancer or "linear", **dict(overrides.get("mtl_options") or {})}
-    weighting = None
-    if parsed.weighting:
-        weighting = {"name": parsed.weighting, **dict(overrides.get("weighting_options") or {})}
-    return {
-        "config_version": CONFIG_VERSION,
-        "name": parsed.arch_name,
-        "backbone": {"name": parsed.backbone, "arch": spec["arch"], "kwargs": backbone_kwargs},
-        "routing": routing,
-        "diffusion": diffusion,
-        "clustering": clustering,
-        "mtl": mtl_cfg,
-        "weighting": weighting,
-        "vae": overrides.get("vae"),
-        "data": overrides.get("data"),
-        "_affinity": overrides.get("affinity"),
-    }
-
-
 class DiffusionModel(nn.Module):
     """A diffusion model trained as a multi-task learner: `net`, `diffusion`, `clusters`, `balancer`.
 
@@ -134,13 +58,9 @@ class DiffusionModel(nn.Module):
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
-        import clustering
-        import mtl
-        import routing
-
         config = copy.deepcopy({k: v for k, v in config.items() if k != "_affinity"})
         backbone = config["backbone"]
-        self.net = _arch_class(backbone["arch"])(**backbone["kwargs"])
+        self.net = arch_class(backbone["arch"])(**backbone["kwargs"])
         dcfg = config["diffusion"]
         self.diffusion = GaussianDiffusion(
             schedule=dcfg["schedule"],
@@ -243,12 +163,12 @@ class DiffusionModel(nn.Module):
                 else torch.randn_like(x0)
             )
         sample_cluster = self.clusters.cluster_of(t)
-        # taken before the forward: under FSDP a forward swaps the root's parameters for unsharded views,
-        # and one without grad (an evaluation) leaves them so; reshard first, so these are the DTensor shards
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            from zoo.distributed import reshard
-
-            reshard(self.net)
+        # Under FSDP (fully_shard) a forward swaps the root's parameters for unsharded views, and one
+        # without grad (an evaluation) leaves them so: reshard first, so these are the DTensor shards.
+        if FSDPModule is not None and torch.distributed.is_initialized():
+            for module in self.net.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
         self._trainable = [p for p in self.net.parameters() if p.requires_grad]
         with self.balancer.capture(self.net, sample_cluster):
             terms = self.diffusion.training_losses(self.net, x0, t, y, noise=noise)
@@ -351,8 +271,6 @@ class DiffusionModel(nn.Module):
         Linear from all-ones masks at step 0 to exactly the recipe's masks at step `warmup_steps`
         (`routing.warmup_strength`); derived from the step alone, so a resumed run continues it.
         """
-        import routing
-
         strength = routing.warmup_strength(step, warmup_steps)
         self.set_routing_strength(strength)
         return strength
@@ -367,10 +285,8 @@ class DiffusionModel(nn.Module):
     ) -> Path:
         """Write config.json, model.safetensors (the net's weights, e.g. EMA), mtl.safetensors (the state
         outside the net, when there is any: `mtl_state_dict()`) and a README.md model card."""
-        from zoo.hub import save_pretrained
-
-        out = save_pretrained(self, directory, card=card, state_dict=state_dict)
-        self._save_mtl_state(Path(out))  # the balancer's state too: from_pretrained restores the whole model
+        out = save_folder(directory, self.config, state_dict or self.net.state_dict(), card=card)
+        save_mtl_state(out, self.mtl_state_dict())  # the balancer's too: from_pretrained restores the whole model
         return out
 
     def mtl_state_dict(self) -> dict[str, torch.Tensor]:
@@ -395,22 +311,10 @@ class DiffusionModel(nn.Module):
         if state:
             self.load_state_dict(state, strict=False)
 
-    def _save_mtl_state(self, directory: Path) -> None:
-        from safetensors.torch import save_file
-
-        path = directory / MTL_WEIGHTS_NAME
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.mtl_state_dict().items()}
-        if state:
-            save_file(state, str(path), metadata={"format": "pt", "library": "dit-mtl-zoo"})
-        else:
-            path.unlink(missing_ok=True)
-
     def _load_mtl_file(self, path: Path | None, source: str) -> None:
         """Load `mtl.safetensors` when the folder has one; a model with state but no file keeps its init."""
         if path is None or not path.is_file():
             return
-        from zoo.hub import load_safetensors
-
         self.load_mtl_state_dict(load_safetensors(path), source=str(path))
 
     @classmethod
@@ -445,9 +349,27 @@ class DiffusionModel(nn.Module):
             )
         else:
             folder = Path(spec).expanduser()
-        from zoo.hub import create
+        return cls.from_folder(folder, strict=strict, source=spec)
 
-        return create(f"local-dir:{folder}", strict=strict)
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path,
+        strict: bool = True,
+        source: str | None = None,
+        mtl_file: Path | None | bool = True,
+    ) -> DiffusionModel:
+        """The model of a zoo weights folder: config.json (validated), model.safetensors (checked against
+        the sha256 the folder records) and mtl.safetensors when present (`mtl_file`: another path, or None
+        for none)."""
+        folder = Path(folder).expanduser()
+        config = read_config(folder)
+        state_dict = load_folder(folder, config)
+        model = cls(config)
+        model.load_net_state(state_dict, strict=strict, source=str(folder))
+        model._load_mtl_file(folder / MTL_WEIGHTS_NAME if mtl_file is True else mtl_file, source=str(folder))
+        model.pretrained_cfg = {"architecture": config.get("name"), "source": source or str(folder), "file": str(folder)}
+        return model
 
     # ------------------------------------------------------------------ deferred initialisation
 
@@ -477,7 +399,7 @@ class DiffusionModel(nn.Module):
                 net.initialize_weights()
             else:  # no in-place initialiser: a fresh net of the same config, built on the device
                 with torch.device(device):
-                    fresh = _arch_class(self.config["backbone"]["arch"])(**self.config["backbone"]["kwargs"])
+                    fresh = arch_class(self.config["backbone"]["arch"])(**self.config["backbone"]["kwargs"])
                 net.load_state_dict(fresh.state_dict(), strict=True)
         finally:
             if router is not None:
@@ -487,19 +409,75 @@ class DiffusionModel(nn.Module):
                 part.to(device)
         return self
 
-    def push_to_hub(self, repo_id: str, card: dict[str, Any] | None = None, **kwargs: Any) -> str:
-        from zoo.hub import push_to_hub
+    def push_to_hub(
+        self,
+        repo_id: str,
+        card: dict[str, Any] | None = None,
+        private: bool = False,
+        commit_message: str = "Upload model",
+        token: str | None = None,
+    ) -> str:
+        """Save into a temporary folder (the `save_pretrained` layout, balancer state included) and upload it."""
+        import tempfile
 
-        return push_to_hub(self, repo_id, card=card, **kwargs)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, card=card)
+            return push_folder(tmp, repo_id, private=private, token=token, commit_message=commit_message)
+
+    def load_net_state(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        strict: bool = True,
+        source: str | None = None,
+        interpolate: bool = False,
+    ) -> None:
+        """Load a backbone state dict, handling a different class count and position-embedding size.
+
+        Weights that are not floating point where the model's are (int8, bool, ...) or hold NaN/inf are
+        refused. The label table and the resizable entries are the backbone's own facts (zoo/models)."""
+        net = self.net
+        facts = type(net)
+        own = net.state_dict()
+        check_weights(state_dict, str(source), expected=own)
+        state_dict = dict(state_dict)
+        table = f"{facts.label_key}.weight"
+        if table in state_dict and table in own and state_dict[table].shape != own[table].shape:
+            warnings.warn(
+                f"{source}: label table {tuple(state_dict[table].shape)} does not fit this model's "
+                f"{tuple(own[table].shape)} (different num_classes): dropped, the new table (null class = last "
+                "row) starts from its initialisation",
+                stacklevel=3,
+            )
+            del state_dict[table]
+        for key in facts.resizable_keys:
+            if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
+                if not interpolate:
+                    raise ValueError(
+                        f"{source}: position embedding {tuple(state_dict[key].shape)} does not fit "
+                        f"{tuple(own[key].shape)}: the input or patch size differs; pass "
+                        "interpolate_pos_embed=True to resize it"
+                    )
+                # fixed sin-cos embeddings: the model's own, recomputed for its grid, is exact
+                del state_dict[key]
+        for key, value in state_dict.items():
+            if key in own and own[key].shape != value.shape:
+                raise ValueError(
+                    f"{source}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}"
+                )
+        missing, unexpected = net.load_state_dict(state_dict, strict=False)
+        allowed_missing = {table, *facts.resizable_keys}
+        missing = [k for k in missing if k not in allowed_missing]
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"{source}: state dict does not match the model: missing {missing[:8]}, "
+                f"unexpected {unexpected[:8]}"
+            )
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
     def extra_repr(self) -> str:
         return f"name={self.config['name']!r}, clusters={self.clusters.k}, balancer={self.config['mtl']['name']!r}"
-
-
-MTL_WEIGHTS_NAME = "mtl.safetensors"
 
 
 class _cpu_if_meta:
@@ -513,49 +491,6 @@ class _cpu_if_meta:
     def __exit__(self, *exc: Any) -> None:
         if self._ctx is not None:
             self._ctx.__exit__(*exc)
-
-
-def download_folder(
-    repo_id: str,
-    revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    force_download: bool = False,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-) -> Path:
-    """config.json, model.safetensors and (when the repo has it) mtl.safetensors of a Hub repo, cached."""
-    from zoo.hub import CONFIG_NAME, WEIGHTS_NAME, hub_download
-
-    common = dict(
-        revision=revision,
-        cache_dir=cache_dir,
-        force_download=force_download,
-        token=token,
-        local_files_only=local_files_only,
-    )
-    config = hub_download(repo_id, CONFIG_NAME, **common)
-    hub_download(repo_id, WEIGHTS_NAME, **common)
-    fetch_mtl_file(repo_id, **common)
-    return config.parent
-
-
-def fetch_mtl_file(repo_id: str, revision: str | None = None, **kwargs: Any) -> Path | None:
-    """The repo's mtl.safetensors (balancer state), or None when it has none."""
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    from zoo.hub import hub_download
-
-    try:
-        return hub_download(repo_id, MTL_WEIGHTS_NAME, revision=revision, **kwargs)
-    except (LocalEntryNotFoundError, TimeoutError, ConnectionError):  # unreachable: the model still works
-        warnings.warn(
-            f"{repo_id}: {MTL_WEIGHTS_NAME} (the balancer state, if the repo has one) is not in the cache and "
-            "the Hub cannot be reached: the balancer starts from its initialisation",
-            stacklevel=3,
-        )
-    except EntryNotFoundError:  # the repo has none: a model without state outside the net
-        pass
-    return None
 
 
 WARM_START_HINT = (
@@ -593,17 +528,6 @@ def check_warm_start(model: DiffusionModel, source_routing: Any, source: str | N
             stacklevel=3,
         )
     return needed
-
-
-def _clusters_with_affinity(config: dict[str, Any], affinity: Any) -> dict[str, Any]:
-    import clustering
-
-    ccfg = config["clustering"]
-    matrix = torch.as_tensor(affinity, dtype=torch.float64)
-    clusters = clustering.interval_clustering(
-        ccfg["k"], ccfg["objective"], affinity=matrix, num_timesteps=config["diffusion"]["num_timesteps"]
-    )
-    return clusters.to_dict()
 
 
 def _jsonable(value: Any) -> Any:

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
 import itertools
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.dit import DIT_SIZES, PATCH_SIZES
+from zoo import clustering, models, mtl, routing
 
 #: default K when a balancer is named without `_k{K}` (ANT's default number of clusters)
 DEFAULT_K = 5
@@ -33,26 +31,23 @@ ROUTING_ALIASES = {"rand": "random"}
 #: the K values enumerated by list_models (any K parses)
 LISTED_K = (5, 8)
 
-_BACKBONES: dict[str, Callable[[], dict[str, Any]]] = {}
 _RECIPES: dict[str, tuple[str, dict[str, Any]]] = {}
 
 
-class UnknownModelError(ValueError):
-    """A model name that does not parse, or names a part that does not exist."""
+class UnknownModelError(KeyError, ValueError):
+    """A model name that does not parse, or names a part that does not exist.
+
+    Like every registry miss in the zoo (models, routing, mtl, clustering, pretrained weights) it is a
+    KeyError (a look-up miss) and a ValueError (bad input), with a readable message.
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
-def register_backbone(name: str) -> Callable[[Callable[[], dict[str, Any]]], Callable[[], dict[str, Any]]]:
-    """Register a backbone entrypoint returning `{"arch": ..., "kwargs": {...}}` (timm style)."""
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise ValueError(f"backbone names are lower-case identifiers, got {name!r}")
-
-    def decorator(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _BACKBONES[name] = fn
-        return fn
-
-    return decorator
+def register_backbone(name: str):
+    """Register a backbone entrypoint (`zoo.models.register_backbone`; kept here for the facade)."""
+    return models.register_backbone(name)
 
 
 def register_recipe(name: str, target: str, **overrides: Any) -> None:
@@ -64,83 +59,32 @@ def register_recipe(name: str, target: str, **overrides: Any) -> None:
 
 
 def list_backbones() -> list[str]:
-    return sorted(_BACKBONES)
+    return models.list_backbones()
 
 
 def backbone_spec(name: str) -> dict[str, Any]:
     """The architecture dict of a registered backbone: {"arch": "dit"|"adm", "kwargs": {...}}."""
-    if name not in _BACKBONES:
-        raise UnknownModelError(_unknown_message("backbone", name, list_backbones()))
-    spec = _BACKBONES[name]()
-    return {"arch": spec["arch"], "kwargs": dict(spec["kwargs"])}
-
-
-# --------------------------------------------------------------------------------------------
-# Backbones: the DiT family (sizes of the DiT paper plus a tiny T), patch 2 default, _p4/_p8.
-# --------------------------------------------------------------------------------------------
-
-
-def _register_dit(size: str, patch: int) -> None:
-    name = f"dit_{size.lower()}" if patch == 2 else f"dit_{size.lower()}_p{patch}"
-
-    @register_backbone(name)
-    def _entry() -> dict[str, Any]:
-        return {
-            "arch": "dit",
-            "kwargs": {
-                "input_size": 32,
-                "patch_size": patch,
-                "in_channels": 4,
-                "num_classes": 1000,
-                **DIT_SIZES[size],
-            },
-        }
-
-
-for _size, _patch in itertools.product(DIT_SIZES, PATCH_SIZES):
-    _register_dit(_size, _patch)
-
-
-def _register_adm(name: str) -> None:
-    @register_backbone(name)
-    def _entry() -> dict[str, Any]:
-        from models.adm import adm_config
-
-        return {"arch": "adm", "kwargs": adm_config(name)}
-
-
-for _name in ("adm_t", "adm_64", "adm_256", "adm_ffhq"):
-    _register_adm(_name)
-
-
-# --------------------------------------------------------------------------------------------
-# The parts that live in other packages (looked up lazily: a part package that is missing is an
-# error naming it, never a silent fallback).
-# --------------------------------------------------------------------------------------------
-
-
-def _part_module(package: str):
     try:
-        return importlib.import_module(package)
-    except ImportError as exc:  # a part that has not landed is an error naming it
-        raise UnknownModelError(f"the {package!r} package is not available ({exc})") from exc
+        return models.backbone_spec(name)
+    except models.UnknownNameError as exc:
+        raise UnknownModelError(f"{exc} (zoo.list_models() lists valid names)") from None
 
 
 def routing_names() -> list[str]:
-    names = set(_part_module("routing").list_routers()) - {"none"}
+    names = set(routing.list_routers()) - {"none"}
     return sorted(names | {alias for alias, target in ROUTING_ALIASES.items() if target in names})
 
 
 def balancer_names() -> list[str]:
-    return sorted(_part_module("mtl").list_balancers())
+    return sorted(mtl.list_balancers())
 
 
 def weighting_names() -> list[str]:
-    return sorted(set(_part_module("mtl").list_weightings()) - {"none"})
+    return sorted(set(mtl.list_weightings()) - {"none"})
 
 
 def objective_names() -> list[str]:
-    return sorted(_part_module("clustering").list_objectives())
+    return sorted(clustering.list_objectives())
 
 
 @dataclass(frozen=True)
@@ -192,7 +136,7 @@ def parse_name(name: str) -> ModelName:
     # longest registered backbone prefix (so dit_s_p4 wins over dit_s)
     backbone = None
     for cut in range(len(tokens), 0, -1):
-        if "_".join(tokens[:cut]) in _BACKBONES:
+        if models.is_backbone("_".join(tokens[:cut])):
             backbone, rest = "_".join(tokens[:cut]), tokens[cut:]
             break
     if backbone is None:
@@ -238,12 +182,9 @@ def parse_name(name: str) -> ModelName:
     return ModelName(backbone, routing, balancer, weighting, k, objective, tag or None)
 
 
-def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
-    """Names matching an fnmatch pattern: the composable space, or (pretrained=True) `name.tag`s with weights."""
-    if pretrained:
-        from zoo.hub import list_pretrained
-
-        return list_pretrained(pattern)
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the composable space matching an fnmatch pattern (`zoo.list_models(pretrained=True)`
+    lists the `name.tag`s with weights)."""
     return sorted(n for n in _composable_names() if fnmatch.fnmatchcase(n, pattern))
 
 

@@ -1,6 +1,6 @@
 """Checks of what a user hands the zoo, before any work: model configs (a weights folder's config.json or
 the config a name and its overrides build), weights (dtype, finite values, learned sigma) and the one
-rule `zoo.create` and `zoo.describe` share for names (`check_name`).
+rule `zoo.create` and `zoo.describe` share for names (`check_recipe`).
 
 Every error names where the value came from (the file, or the name), the field, what was expected and
 what was found.
@@ -12,6 +12,8 @@ import math
 from typing import Any
 
 import torch
+
+from zoo.config import CONFIG_VERSION, arch_arguments, config_from_name
 
 #: backbone settings that count things (>= 1)
 POSITIVE_INTS = (
@@ -98,8 +100,6 @@ def _named(section: dict, field: str, source: str) -> None:
 
 def validate_config(config: Any, source: str) -> dict[str, Any]:
     """Check a model config as `DiffusionModel(config)` reads it; return it. ConfigError names the field."""
-    from zoo.model import CONFIG_VERSION, _arch_arguments
-
     if not isinstance(config, dict):
         _fail(source, "(top level)", "a JSON object", config)
     version = config.get("config_version")
@@ -113,7 +113,7 @@ def validate_config(config: Any, source: str) -> dict[str, Any]:
         _fail(source, "backbone.arch", f"one of {list(ARCHS)}", backbone.get("arch"))
     kwargs = backbone.get("kwargs")
     check_backbone_kwargs(kwargs, source)
-    known = _arch_arguments(backbone["arch"])
+    known = arch_arguments(backbone["arch"])
     unknown = sorted(set(kwargs) - known)
     if unknown:
         _fail(source, "backbone.kwargs", f"settings of {backbone['arch']!r} ({sorted(known)})", unknown)
@@ -212,8 +212,6 @@ def check_learn_sigma(config: dict[str, Any], state_dict: dict[str, torch.Tensor
 
 def check_recipe(parsed: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     """The config a parsed name with overrides builds, checked (ranges, types, what the parts need)."""
-    from zoo.model import config_from_name
-
     config = config_from_name(parsed, **overrides)
     source = repr(parsed.full_name) + (" with overrides" if overrides else "")
     validate_config({k: v for k, v in config.items() if k != "_affinity"}, source)
@@ -224,22 +222,6 @@ def check_recipe(parsed: Any, overrides: dict[str, Any]) -> dict[str, Any]:
             f"(a ({steps}, {steps}) matrix, e.g. from `zoo affinity`), or name another objective"
         )
     return config
-
-
-def check_name(name: str, **overrides: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """What `zoo.create(name, **overrides)` and `zoo.describe(name, **overrides)` both accept.
-
-    Parses the name, looks its tag up (an unknown tag is an error), applies the tag's settings, builds
-    the config and checks it (`check_recipe`); returns (parsed name, overrides with the tag's, config).
-    """
-    from zoo.hub import _vae_override, get_pretrained_cfg
-    from zoo.registry import parse_name
-
-    parsed = parse_name(name)
-    if parsed.tag:
-        cfg = get_pretrained_cfg(parsed.full_name)
-        overrides = {**cfg.overrides, **_vae_override(cfg), **overrides}
-    return parsed, overrides, check_recipe(parsed, overrides)
 
 
 # ------------------------------------------------------------------------------ command-line numbers

@@ -1,4 +1,5 @@
-"""Writing samples: image grids, one PNG per image, and the ADM evaluator's NPZ (uint8 NHWC `arr_0`)."""
+"""Writing outputs: image grids, one PNG per image, the ADM evaluator's NPZ (uint8 NHWC `arr_0`), and
+the check that an output path can be written before any work starts."""
 
 from __future__ import annotations
 
@@ -79,4 +80,33 @@ def save_npz(images: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:  # a handle keeps the exact name (np.savez would append .npz)
         np.savez(handle, arr_0=pixels)
+    return path
+
+
+def ensure_writable(path: str | os.PathLike, directory: bool = False) -> Path:
+    """Refuse, before any work, an output path that cannot be written (raises `PermissionError`).
+
+    `path` is a file to write (or, with `directory=True`, a folder to write into): it must not be the
+    wrong kind of thing, and its nearest existing folder must accept a new file (tried, then removed).
+    Nothing is created.
+    """
+    path = Path(path)
+    if path.exists():
+        if directory and not path.is_dir():
+            raise PermissionError(f"output folder {path} exists and is not a folder")
+        if not directory and path.is_dir():
+            raise PermissionError(f"output file {path} is a folder")
+        if not directory and not os.access(path, os.W_OK):
+            raise PermissionError(f"output file {path} is not writable")
+    existing = path if directory and path.is_dir() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PermissionError(f"cannot write {path}: {existing} is a file, not a folder")
+    probe = existing / f".zoo-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+    except OSError as error:
+        raise PermissionError(f"cannot write {path}: {existing} is not writable ({error.strerror})") from None
+    probe.unlink(missing_ok=True)
     return path

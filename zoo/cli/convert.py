@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from models.dit import DIT_SIZES, PATCH_SIZES
+from zoo.models.dit import DIT_SIZES, PATCH_SIZES
 from zoo.registry import UnknownModelError
 
 
@@ -56,7 +56,7 @@ def dit_backbone_name(hidden: int, depth: int, patch: int) -> str:
 
 
 def _diffusers_weights(src: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from zoo.hub import load_safetensors
+    from zoo.layout import load_safetensors
 
     folder = Path(src).expanduser()
     if src.startswith("hf-hub:"):
@@ -89,7 +89,7 @@ def load_foreign(
     `fmt="dtr"` checks the routing tables a DTR checkpoint stores against our DTR table for (beta,
     alpha) before dropping them; "auto" drops any stored mask buffers unchecked.
     """
-    from zoo import convert
+    from zoo.hub import convert
 
     path = Path(src).expanduser()
     is_diffusers = (
@@ -105,7 +105,7 @@ def load_foreign(
         raise FileNotFoundError(f"{src} does not exist")
     state = convert.load_original_dit_checkpoint(path)
     if fmt == "dtr":
-        import routing
+        from zoo import routing
 
         hidden = state["x_embedder.proj.weight"].shape[0]
         table = routing.dtr_table(hidden, num_tasks=1000, beta=beta, alpha=alpha)
@@ -163,8 +163,7 @@ def convert_to_zoo(
 
 def convert_to_diffusers(src: str, dst: str, vae: str | None = "auto") -> Path:
     """A zoo model (folder, `local-dir:`, `hf-hub:` or `arch.tag`) -> a diffusers DiTPipeline folder."""
-    from zoo import convert
-    from zoo.hub import create, is_location
+    from zoo.hub import convert, create, is_location
 
     model = create(src) if is_location(src) else create(src, pretrained=True)
     convert.export_diffusers(model, dst, vae=vae)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zoo.eval.leaderboard import LeaderboardSettings, render_markdown, run_leaderboard, shipped_names
+from zoo.train import TrainConfig, Trainer
+
 DEMO_SAMPLES = 100
 QUICK_SAMPLES = 30
 DEMO_STEPS = 10
@@ -19,7 +22,6 @@ FALLBACK_TRAIN_STEPS = 300
 
 def run_demo(out: Path, steps: int | None = None, quick: bool = False) -> int:
     """Evaluate every shipped digits model (grids, JSON/MD table, PNGs in `out`); `steps` = DDIM steps."""
-    from zoo.leaderboard import LeaderboardSettings, render_markdown, run_leaderboard, shipped_names
 
     out = Path(out)
     names = shipped_names("digits", "*")
@@ -46,7 +48,6 @@ def run_demo(out: Path, steps: int | None = None, quick: bool = False) -> int:
 
 def _train_fallback(out: Path, steps: int | None, quick: bool) -> int:
     """No shipped models yet: train dit_t on the digits briefly, with a progress bar, and write its grid."""
-    from zoo.train import TrainConfig, Trainer
 
     train_steps = steps or (30 if quick else FALLBACK_TRAIN_STEPS)
     print(f"no shipped models found: training dit_t on digits for {train_steps} steps instead", flush=True)

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from zoo.models.adm import AttentionBlock, ResBlock
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -98,7 +100,6 @@ def cleanup() -> None:
 
 def fsdp_units(net: torch.nn.Module) -> list[torch.nn.Module]:
     """The blocks that each become one FSDP unit: DiT's transformer blocks, ADM's res and attention blocks."""
-    from models.adm import AttentionBlock, ResBlock
 
     blocks = getattr(net, "blocks", None)
     if isinstance(blocks, torch.nn.ModuleList):

@@ -1,4 +1,4 @@
-"""The built-in weight configs (plain data). Each `arch.tag` says where its weights live, their
+"""The built-in weight configs, plain data (a leaf: imports nothing of the project). Each `arch.tag` says where its weights live, their
 licence, how they were trained and what they score, with the protocol of every number.
 
 Numbers marked `measured_here: False` are the authors' own, quoted from the papers.
@@ -17,14 +17,50 @@ read from its authors' released code (tests/test_zoo.py::test_external_weights_u
 
 from __future__ import annotations
 
-from zoo.hub import PretrainedCfg, register_pretrained
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """One set of pretrained weights for `arch.tag` (like timm's pretrained cfgs): plain data, no code."""
+
+    arch: str  # grammar name without tag, e.g. "dit_xl" or "dit_t_dtr_uw_k5"
+    tag: str
+    format: str = "zoo"  # zoo | diffusers | dit_original | ant | dtr | adm
+    hf_hub_id: str | None = None
+    hf_filename: str | None = None
+    hf_subfolder: str | None = None
+    hf_revision: str | None = None
+    url: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+    license: str = "unknown"
+    description: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)  # architecture settings of these weights
+    recipe: dict[str, Any] = field(default_factory=dict)  # how they were trained
+    evaluation: dict[str, Any] = field(default_factory=dict)  # protocol of the results
+    results: dict[str, Any] = field(default_factory=dict)  # e.g. {"fid": 5.695, "measured_here": False}
+    vae: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}.{self.tag}"
+
+    @property
+    def has_weights(self) -> bool:
+        return bool(self.hf_hub_id or self.url or self.file)
+
+
+#: the built-in weight configs, in order (the first tag of an arch is its default)
+PRETRAINED: list[PretrainedCfg] = []
 
 SD_VAE = {"repo": "stabilityai/sd-vae-ft-ema", "scale": 0.18215}
 CC_BY_NC = "cc-by-nc-4.0"
 
 # The original DiT-XL/2 weights (Peebles & Xie). CC BY-NC 4.0: loaded from their hosts, never vendored here.
 for _size in (256, 512):
-    register_pretrained(
+    PRETRAINED.append(
         PretrainedCfg(
             arch="dit_xl",
             tag=f"in1k_{_size}",
@@ -70,7 +106,7 @@ _ANT = [
 #: scaling factor 0.13025), DiT-L/2 with sd-vae-ft-ema (0.18215)
 ANT_SDXL_VAE = {"repo": "madebyollin/sdxl-vae-fp16-fix", "scale": 0.13025}
 for _arch, _tag, _fid, _desc in _ANT:
-    register_pretrained(
+    PRETRAINED.append(
         PretrainedCfg(
             arch=_arch,
             tag=f"{_tag}_in1k_256",
@@ -99,7 +135,7 @@ for _arch, _tag, _fid, _desc in _ANT:
 
 # OpenAI's guided-diffusion ADM checkpoints (MIT licence): plain state dicts whose keys are ours.
 _OPENAI = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
-register_pretrained(
+PRETRAINED.append(
     PretrainedCfg(
         arch="adm_64",
         tag="in1k",
@@ -118,7 +154,7 @@ register_pretrained(
         results={"fid": 2.07, "measured_here": False},
     )
 )
-register_pretrained(
+PRETRAINED.append(
     PretrainedCfg(
         arch="adm_256",
         tag="uncond",
@@ -130,6 +166,3 @@ register_pretrained(
         results={},
     )
 )
-
-# The digits models the project trains and ships (zoo/pretrained/, manifest shipped.json).
-import zoo.pretrained_shipped  # noqa: E402,F401  (registers `<recipe>.digits`)

@@ -61,7 +61,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from zoo.convert_cli import convert_to_diffusers, convert_to_zoo
+    from zoo.cli.convert import convert_to_diffusers, convert_to_zoo
 
     if args.to == "diffusers":
         vae = None if args.vae == "none" else args.vae
@@ -83,20 +83,20 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from zoo.hub import push_folder
+    from zoo.layout import push_folder
 
     print(push_folder(args.dir, args.repo, private=args.private))
     return 0
 
 
 def _cmd_affinity(args: argparse.Namespace) -> int:
-    from zoo.affinity_cli import run_affinity
+    from zoo.cli.affinity import run_affinity
 
     return run_affinity(args)
 
 
 def _cmd_routing(args: argparse.Namespace) -> int:
-    import routing
+    from zoo import routing
 
     table = (
         routing.dtr_table(args.channels, num_tasks=args.tasks, beta=args.beta, alpha=args.alpha)
@@ -112,7 +112,7 @@ def _cmd_routing(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from zoo.demo import run_demo
+    from zoo.cli.demo import run_demo
 
     return run_demo(out=Path(args.out), steps=args.steps, quick=args.quick)
 
@@ -252,7 +252,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         ),
         (
             "sample",
-            "zoo.sample",
+            "zoo.eval.sampling",
             "add_sample_arguments",
             "main_from_args",
             "sample a grid / NPZ from a model",
@@ -266,14 +266,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         ),
         (
             "leaderboard",
-            "zoo.leaderboard",
+            "zoo.eval.leaderboard",
             "add_leaderboard_arguments",
             "main_from_args",
             "evaluate shipped models",
         ),
         (
             "fid",
-            "zoo.fid_cli",
+            "zoo.cli.fid",
             "add_fid_arguments",
             "main_from_args",
             "FID/KID/precision/recall (IS) between two image sets",

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.dit import sincos_pos_embed_2d
+from zoo.models.dit import sincos_pos_embed_2d
 
 # Keys of one block that are renamed one to one (ours -> diffusers), for weight and bias alike.
 _BLOCK_RENAMES = {
@@ -395,7 +395,7 @@ def export_diffusers(model: Any, directory: str | os.PathLike[str], vae: Any = "
     if shift == 0.0:
         notes.append(
             "the model uses the original DiT timestep spacing (downscale_freq_shift=0); diffusers builds 1: "
-            "call zoo.convert.set_diffusers_timestep_shift(pipe.transformer, 0) after loading for equal outputs"
+            "call zoo.hub.convert.set_diffusers_timestep_shift(pipe.transformer, 0) after loading for equal outputs"
         )
     if kwargs.get("num_classes") != 1000:
         notes.append(

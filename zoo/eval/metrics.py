@@ -7,7 +7,7 @@ first and the others are one line on logits we already have.
 
 An extractor is an `nn.Module` whose `forward(images)` returns `(features (N, D), logits (N, C) or
 None)` for images in [-1, 1], and which has `num_features`, `name` and `sha256` attributes (the
-digits classifier in `zoo.classifier` is one).
+digits classifier in `zoo.eval.classifier` is one).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoo import evaluate
+from zoo.eval import metrics as evaluate
 
 SOURCE_FORMS = "imagefolder:PATH, npz:FILE, digits[:train|test], mnist[:train|test]"
 
@@ -99,7 +99,7 @@ def _builtin(spec: str, kind: str, split: str, limit: int | None) -> ImageSet:
 
     dataset = load_dataset(kind, split=split or "train")
     images = dataset.images[:limit] if limit else dataset.images
-    # [-1, 1] -> 0..255 exactly as a saved PNG/NPZ of them (zoo.images.to_uint8)
+    # [-1, 1] -> 0..255 exactly as a saved PNG/NPZ of them (zoo.data.images.to_uint8)
     pixels = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
     def batches(size: int) -> Iterator[torch.Tensor]:
@@ -176,7 +176,7 @@ def fid_between(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics of set `b` against reference set `a`, with the protocol that produced them."""
-    from zoo.inception import build_feature
+    from zoo.eval.inception import build_feature
 
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
@@ -230,7 +230,7 @@ def add_fid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def main_from_args(args: argparse.Namespace) -> int:
     if args.json:  # refused before any feature is extracted
-        from zoo.checkpoint import ensure_writable
+        from zoo.data.images import ensure_writable
 
         ensure_writable(args.json)
     device = args.device

@@ -12,7 +12,7 @@ import torch
 
 def run_affinity(args: argparse.Namespace) -> int:
     import zoo
-    from clustering.affinity import measure, plot_affinity
+    from zoo.clustering.affinity import measure, plot_affinity
     from zoo.data import load_dataset
 
     if args.batches < 1 or args.batch < 1:

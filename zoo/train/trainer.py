@@ -32,8 +32,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mtl.base import clip_grad_norm, grad_norm
-from zoo.checkpoint import (
+import zoo
+from zoo.data import DataOrder, SeededBatchSampler, load_dataset
+from zoo.data.images import save_grid
+from zoo.hub.cards import pretrained_lineage
+from zoo.mtl.base import clip_grad_norm, grad_norm
+from zoo.train.checkpoint import (
     CheckpointSpaceError,
     RunLock,
     capture_rng_state,
@@ -43,11 +47,11 @@ from zoo.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from zoo.data import DataOrder, SeededBatchSampler, load_dataset
-from zoo.distributed import (
+from zoo.train.distributed import (
     DistributedContext,
     all_reduce_mean,
     broadcast_module,
+    cleanup,
     full_optimizer_state_dict,
     full_state_dict,
     init_distributed,
@@ -56,8 +60,7 @@ from zoo.distributed import (
     reshard,
     shard_model,
 )
-from zoo.ema import EMA
-from zoo.images import save_grid
+from zoo.train.ema import EMA
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -254,7 +257,6 @@ class Trainer:
         )
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         if model is None:
-            import zoo
 
             overrides = {**model_overrides_for(self.dataset), **config.overrides}
             if config.grad_checkpointing:
@@ -961,7 +963,6 @@ class Trainer:
 
         Under FSDP every rank calls it (gathering the EMA weights and sampling are collectives); rank 0 writes.
         """
-        from zoo.card import pretrained_lineage
 
         final = self.run_dir / "final"
         settings = self.resolved_settings()
@@ -1128,7 +1129,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """`zoo train`: run (or resume) a training run; 0 on success or a clean signal stop, 1 on divergence."""
-    from zoo.distributed import cleanup
 
     try:
         trainer = Trainer(config_from_args(args))

@@ -1,8 +1,8 @@
 """`zoo leaderboard`: every matching shipped model evaluated under ONE protocol, with sample grids and
 FID-against-training-step curves from the checkpoints of the training runs.
 
-Metrics come from zoo.evaluate on the shipped classifier's features of the data set (digits or MNIST),
-against that data set's test split. Every row records its protocol (zoo.evaluate.Protocol); rows without one are never shown.
+Metrics come from zoo.eval.metrics on the shipped classifier's features of the data set (digits or MNIST),
+against that data set's test split. Every row records its protocol (zoo.eval.metrics.Protocol); rows without one are never shown.
 """
 
 from __future__ import annotations
@@ -19,7 +19,17 @@ from typing import Any
 
 import torch
 
-from zoo import evaluate
+import zoo.hub.shipped  # noqa: F401  (registers the shipped weight configs)
+from zoo.card import render_card
+from zoo.data import load_dataset
+from zoo.data.images import ensure_writable, save_grid, save_npz
+from zoo.eval import metrics as evaluate
+from zoo.eval.classifier import load_classifier
+from zoo.hub import PACKAGE_WEIGHTS, create, get_pretrained_cfg, list_pretrained
+from zoo.hub.cards import shipped_card
+from zoo.hub.shipped import SHIPPED_MANIFEST
+from zoo.layout import sha256_of
+from zoo.model import DiffusionModel
 
 #: where `zoo leaderboard` writes by default: a folder in the directory it is run from (never the package)
 DEFAULT_OUT = Path("leaderboard")
@@ -56,8 +66,6 @@ class Evaluator:
     """Holds the extractor and the reference features; evaluates models under one protocol."""
 
     def __init__(self, settings: LeaderboardSettings, npz_dir: Path | None = None) -> None:
-        from zoo.classifier import load_classifier
-        from zoo.data import load_dataset
 
         self.settings = settings
         self.npz_dir = npz_dir
@@ -94,12 +102,10 @@ class Evaluator:
         """Sample, extract and compare: one leaderboard row with its protocol."""
         images, labels = self.samples(model)
         if grid is not None:
-            from zoo.images import save_grid
 
             count = min(len(images), 10 * max(model.num_classes, 1))
             save_grid(images[:count], grid, nrow=max(model.num_classes, 1), upscale=4)
         if self.npz_dir is not None:  # for the reference ADM evaluator (uint8 NHWC `arr_0`)
-            from zoo.images import save_npz
 
             save_npz(images, self.npz_dir / f"{name}.npz")
         fake = evaluate.extract(self.extractor, images, batch_size=self.settings.batch)
@@ -128,8 +134,6 @@ class Evaluator:
 
 def shipped_names(data: str, pattern: str) -> list[str]:
     """`recipe.data` names of shipped weights whose name or recipe matches the fnmatch pattern."""
-    import zoo.pretrained_shipped  # noqa: F401  (registers the shipped weight configs)
-    from zoo.hub import list_pretrained
 
     names = [n for n in list_pretrained("*") if n.endswith(f".{data}")]
     return [
@@ -139,7 +143,6 @@ def shipped_names(data: str, pattern: str) -> list[str]:
 
 def evaluate_shipped(evaluator: Evaluator, names: list[str], grid_dir: Path | None) -> list[dict[str, Any]]:
     """One row per shipped model, loaded through the normal `pretrained=` path."""
-    from zoo.hub import create, get_pretrained_cfg
 
     rows = []
     for name in names:
@@ -155,8 +158,6 @@ _CHECKPOINT = re.compile(r"step-(\d+)\.pt")
 
 def evaluate_runs(evaluator: Evaluator, runs: Path, pattern: str) -> list[dict[str, Any]]:
     """Every checkpoint's EMA weights of runs laid out as RUNS/<recipe>/seed<S>/checkpoints/step-N.pt."""
-    from zoo.hub import sha256_of
-    from zoo.model import DiffusionModel
 
     rows = []
     for checkpoint in sorted(runs.glob("*/seed*/checkpoints/step-*.pt")):
@@ -323,7 +324,6 @@ def write_cards(payload: dict[str, Any]) -> None:
 
     A maintainer's step (`--write-cards`, run by scripts/train_shipped.py): it writes into the package.
     """
-    from zoo.pretrained_shipped import SHIPPED_MANIFEST
 
     manifest = json.loads(SHIPPED_MANIFEST.read_text())
     for row in payload["results"]:
@@ -336,9 +336,6 @@ def write_cards(payload: dict[str, Any]) -> None:
 
 def write_shipped_cards(names: list[str] | None = None) -> list[Path]:
     """(Re)write the README.md of shipped models from the manifest (all of them by default)."""
-    from zoo.card import render_card, shipped_card
-    from zoo.hub import PACKAGE_WEIGHTS
-    from zoo.pretrained_shipped import SHIPPED_MANIFEST
 
     manifest = json.loads(SHIPPED_MANIFEST.read_text())
     written = []
@@ -381,7 +378,6 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    from zoo.checkpoint import ensure_writable
 
     ensure_writable(args.out, directory=True)  # refused before any model is sampled
     if args.npz:

@@ -13,7 +13,10 @@ from typing import Any
 
 import torch
 
-from zoo.images import save_grid, save_images, save_npz
+import zoo
+from zoo.data.images import ensure_writable, save_grid, save_images, save_npz
+from zoo.hub import is_location
+from zoo.validate import finite_float, int_at_least
 
 
 def parse_labels(spec: str, n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -63,7 +66,6 @@ def sample_images(
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of `zoo sample NAME[.tag]|local-dir:PATH ...`."""
-    from zoo.validate import finite_float, int_at_least
 
     parser.add_argument("model", help="NAME[.tag] (pretrained weights), local-dir:PATH or hf-hub:ORG/NAME")
     parser.add_argument("--n", type=int_at_least(1), default=64, help="number of images")
@@ -90,8 +92,6 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 def load_model(name: str) -> torch.nn.Module:
     """A model with weights: `local-dir:`/`hf-hub:` locations as they are, registry names pretrained."""
-    import zoo
-    from zoo.hub import is_location
 
     if is_location(name):  # a path only when written as one (./x, /x, local-dir:): never shadows a name
         return zoo.create(name)
@@ -102,7 +102,6 @@ def main_from_args(args: argparse.Namespace) -> int:
     """`zoo sample`: load, draw `--n` images and write the requested outputs."""
     if args.sampler == "ddpm" and args.eta != 0.0:  # before loading anything
         raise ValueError(f"--eta is a DDIM parameter; got --eta {args.eta} with --sampler ddpm")
-    from zoo.checkpoint import ensure_writable
 
     for path, folder in ((args.out, False), (args.npz, False), (args.outdir, True)):
         if path:  # refused before loading or sampling

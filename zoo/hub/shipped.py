@@ -2,15 +2,18 @@
 
 The facts (folder, sha256, training command, measured results with their protocol) are plain data in
 `zoo/pretrained/shipped.json`, written by `scripts/train_shipped.py`, the one script that regenerates
-every shipped file; this module only turns each entry into a registered PretrainedCfg.
+every shipped file; this module only turns each entry into a PretrainedCfg (zoo/hub/registry.py registers them).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from zoo.hub import PACKAGE_WEIGHTS, PretrainedCfg, register_pretrained
+from zoo.hub.pretrained import PretrainedCfg
 
+#: the weights that ship inside the package (zoo/pretrained/)
+PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "pretrained"
 SHIPPED_MANIFEST = PACKAGE_WEIGHTS / "shipped.json"
 #: per shipped tag: the data set's shape (the backbone defaults are ImageNet latents) and its description
 DATA_OVERRIDES = {
@@ -27,20 +30,22 @@ def shipped_entries() -> dict[str, dict]:
     return json.loads(SHIPPED_MANIFEST.read_text())
 
 
-for _entry in shipped_entries().values():
-    register_pretrained(
+def shipped_cfgs() -> list[PretrainedCfg]:
+    """One weight config per manifest entry."""
+    return [
         PretrainedCfg(
-            arch=_entry["arch"],
-            tag=_entry["tag"],
+            arch=entry["arch"],
+            tag=entry["tag"],
             format="zoo",
-            file=_entry["file"],
-            sha256=_entry["sha256"],
+            file=entry["file"],
+            sha256=entry["sha256"],
             license="apache-2.0",
-            description=f"{_entry['arch']} trained by this project on {DATA_DESCRIPTIONS[_entry['tag']]} "
-            f"(EMA weights, seed 0). Command: {_entry['command']}",
-            overrides=DATA_OVERRIDES[_entry["tag"]],
-            recipe=_entry["recipe"],
-            evaluation=_entry.get("evaluation", {}),
-            results={**_entry.get("results", {}), "measured_here": True} if _entry.get("results") else {},
+            description=f"{entry['arch']} trained by this project on {DATA_DESCRIPTIONS[entry['tag']]} "
+            f"(EMA weights, seed 0). Command: {entry['command']}",
+            overrides=DATA_OVERRIDES[entry["tag"]],
+            recipe=entry["recipe"],
+            evaluation=entry.get("evaluation", {}),
+            results={**entry.get("results", {}), "measured_here": True} if entry.get("results") else {},
         )
-    )
+        for entry in shipped_entries().values()
+    ]

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoo.data.images import ensure_writable  # noqa: F401  (re-exported: checkpoints' outputs)
+
 CHECKPOINT_PATTERN = re.compile(r"step-(\d{8})\.pt")
 #: the temporary files `save_checkpoint` / `atomic_write_bytes` write before renaming (".NAME.tmpPID")
 TEMPORARY_PATTERN = re.compile(r"\.step-\d{8}\.pt(\.sha256)?\.tmp\d+")
@@ -290,38 +292,6 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
-
-
-# ---------------------------------------------------------------------------------------- outputs
-
-
-def ensure_writable(path: str | os.PathLike, directory: bool = False) -> Path:
-    """Refuse, before any work, an output path that cannot be written (raises `PermissionError`).
-
-    `path` is a file to write (or, with `directory=True`, a folder to write into): it must not be the
-    wrong kind of thing, and its nearest existing folder must accept a new file (tried, then removed).
-    Nothing is created.
-    """
-    path = Path(path)
-    if path.exists():
-        if directory and not path.is_dir():
-            raise PermissionError(f"output folder {path} exists and is not a folder")
-        if not directory and path.is_dir():
-            raise PermissionError(f"output file {path} is a folder")
-        if not directory and not os.access(path, os.W_OK):
-            raise PermissionError(f"output file {path} is not writable")
-    existing = path if directory and path.is_dir() else path.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise PermissionError(f"cannot write {path}: {existing} is a file, not a folder")
-    probe = existing / f".zoo-write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-    except OSError as error:
-        raise PermissionError(f"cannot write {path}: {existing} is not writable ({error.strerror})") from None
-    probe.unlink(missing_ok=True)
-    return path
 
 
 def verify_checkpoint(path: Path) -> str | None:
