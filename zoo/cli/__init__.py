@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from zoo.registry import list_models
+    from zoo.hub import list_models
 
     names = list_models(args.pattern, pretrained=args.pretrained)
     for name in names:
