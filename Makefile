@@ -38,6 +38,7 @@ gpu-check-dry: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,10 +11,8 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import time
-import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,20 +126,6 @@ def peak_memory_bytes(fn: Callable[[], Any]) -> int:
     for event in events:
         live += event.self_cpu_memory_usage
         peak = max(peak, live)
-    return int(peak)
-
-
-def process_peak_rss_bytes() -> int:
-    """High-water resident set size of this process (coarse; for absolute context only)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def python_peak_bytes(fn: Callable[[], Any]) -> int:
-    """Peak Python-heap bytes of one call (tracemalloc), for pure-Python work."""
-    tracemalloc.start()
-    fn()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
     return int(peak)
 
 

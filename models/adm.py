@@ -318,7 +318,9 @@ class ADMUNet(nn.Module):
         return [module for module in self.modules() if isinstance(module, (ResBlock, AttentionBlock))]
 
     @staticmethod
-    def resolve_learn_sigma(kwargs: dict[str, Any], overrides: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    def resolve_learn_sigma(
+        kwargs: dict[str, Any], overrides: dict[str, Any], defaults: dict[str, Any]
+    ) -> bool:
         """guided-diffusion states learned sigma through its output width (2 x in_channels): a
         `learn_sigma` override sets out_channels; a new in_channels keeps the size's choice."""
         if "learn_sigma" in kwargs:

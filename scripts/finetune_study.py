@@ -14,7 +14,7 @@ Arms, each for the same optimiser steps and seeds (the shipped recipe's lr, batc
 Step 0 also evaluates ``naive``: the recipe's masks on the base weights from step 0 (what
 `zoo.create(ROUTED, pretrained=BASE)` gave before the warm start; `--routing-warmup 0` trains it).
 
-Every checkpoint's EMA weights are evaluated under the leaderboard's protocol (zoo/leaderboard.py:
+Every checkpoint's EMA weights are evaluated under the leaderboard's protocol (zoo/eval/leaderboard.py:
 500 class-balanced samples, 25 DDIM steps, guidance 1, the shipped classifier's features against the
 test split). Step 0 of ``warm`` and ``plain`` is the base model (the warm start's function equals it
 exactly, which is checked here on a batch and in tests/test_finetune.py); it is evaluated once.

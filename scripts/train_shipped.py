@@ -10,7 +10,7 @@ eleven runs fit a CPU budget; the recipe names are the digits names with `dit_t`
 Every recipe gets the SAME compute (steps x batch, see train_flags). Runs go to runs/shipped/<recipe>/seed<S>
 (checkpoints every quarter of training, for the FID-against-step curves); seed 0's EMA weights are
 copied into zoo/pretrained/<recipe>.digits/ and listed with their sha256 in zoo/pretrained/shipped.json,
-which zoo/pretrained_shipped.py registers as `<recipe>.digits`. Finally the leaderboard evaluates the
+which zoo/hub/shipped.py registers as `<recipe>.digits`. Finally the leaderboard evaluates the
 shipped models and every checkpoint of every seed under one protocol and writes the measured
 results into the cards.
 """

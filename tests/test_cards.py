@@ -162,7 +162,7 @@ def test_describe_counts_parameters_like_the_size_table():
 # -------------------------------------------------------------------------------------- schedules
 
 #: the noise schedule each external weight was trained and evaluated with, from its authors' released
-#: code (see zoo/pretrained_cfgs.py's docstring for the lines read)
+#: code (see zoo/hub/pretrained.py's docstring for the lines read)
 RELEASED_SCHEDULES = {
     "dit_xl.in1k_256": "linear",
     "dit_xl.in1k_512": "linear",

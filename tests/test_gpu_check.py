@@ -16,8 +16,6 @@ import pytest
 
 from benchmarks import gpu_check
 
-pytestmark = pytest.mark.slow  # the dry run takes about half a minute of CPU
-
 REPO = Path(__file__).resolve().parent.parent
 CUDA_ONLY_HINTS = ("xformers", "compile", "CUDA allocator", "GPU", "matmul ceiling")
 

@@ -105,5 +105,3 @@ def _clusters_with_affinity(config: dict[str, Any], affinity: Any) -> dict[str, 
         ccfg["k"], ccfg["objective"], affinity=matrix, num_timesteps=config["diffusion"]["num_timesteps"]
     )
     return clusters.to_dict()
-
-

@@ -39,7 +39,6 @@ class CorruptWeightsError(RuntimeError):
     """A weights file whose sha256 differs from the one its config promises."""
 
 
-
 def sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -693,7 +693,6 @@ def build_feature(spec: str = "inception", device: str | torch.device = "cpu") -
     (fid-helper's TorchScript weights) or `inception:PATH` (a local weights file in any layout)."""
     kind, _, path = spec.partition(":")
     if kind in ("digits", "mnist") and not path:
-
         return load_classifier(kind, device=device)
     if kind == "inception" and (path or ":" not in spec):
         return load_inception(path or None, device=device)

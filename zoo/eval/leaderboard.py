@@ -102,11 +102,9 @@ class Evaluator:
         """Sample, extract and compare: one leaderboard row with its protocol."""
         images, labels = self.samples(model)
         if grid is not None:
-
             count = min(len(images), 10 * max(model.num_classes, 1))
             save_grid(images[:count], grid, nrow=max(model.num_classes, 1), upscale=4)
         if self.npz_dir is not None:  # for the reference ADM evaluator (uint8 NHWC `arr_0`)
-
             save_npz(images, self.npz_dir / f"{name}.npz")
         fake = evaluate.extract(self.extractor, images, batch_size=self.settings.batch)
         metrics = evaluate.compare(

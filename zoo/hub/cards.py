@@ -74,7 +74,6 @@ def pretrained_lineage(model: str, pretrained: Any) -> dict[str, Any]:
     }
 
 
-
 def shipped_card(name: str, entry: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """The card facts of a shipped model from its manifest entry (zoo/pretrained/shipped.json)."""
     recipe, tag = name.split(".", 1)

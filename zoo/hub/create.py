@@ -225,7 +225,7 @@ def create(
             if spec.endswith(".safetensors") and Path(spec).is_file():
                 state_dict = load_safetensors(spec)
             elif spec.endswith((".pt", ".pth", ".bin")) and Path(spec).is_file():
-                            state_dict = convert.load_original_dit_checkpoint(spec)
+                state_dict = convert.load_original_dit_checkpoint(spec)
             else:
                 source_config, folder = _location_config(spec)
                 state_dict = load_folder(folder, source_config)

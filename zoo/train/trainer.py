@@ -8,7 +8,7 @@ generator, the global torch RNG that drives label dropout, numpy and python), so
 at step k and resumed reproduces the uninterrupted run bit for bit on CPU.
 
 Several processes (torchrun): plain data parallel by default (the balancers average the gradients),
-or `--fsdp`: the net and its EMA are sharded per block (zoo/distributed.py), FSDP averages the
+or `--fsdp`: the net and its EMA are sharded per block (zoo/train/distributed.py), FSDP averages the
 gradients, and checkpoints are still full state dicts written by rank 0.
 """
 
