@@ -22,7 +22,7 @@ except ImportError:  # torch built without distributed support
 
 from zoo import clustering, mtl, routing
 from zoo.config import _clusters_with_affinity, arch_class, config_from_name
-from zoo.diffusion import GaussianDiffusion
+from zoo.diffusion import build_process, solvers_for
 from zoo.layout import (
     MTL_WEIGHTS_NAME,
     download_folder,
@@ -62,12 +62,7 @@ class DiffusionModel(nn.Module):
         backbone = config["backbone"]
         self.net = arch_class(backbone["arch"])(**backbone["kwargs"])
         dcfg = config["diffusion"]
-        self.diffusion = GaussianDiffusion(
-            schedule=dcfg["schedule"],
-            num_timesteps=dcfg["num_timesteps"],
-            learn_sigma=dcfg["learn_sigma"],
-            normal_cdf=dcfg.get("normal_cdf", "exact"),  # configs written before the option: exact
-        )
+        self.diffusion = build_process(dcfg)  # the process slot: "ddpm" unless the config names another
         num_timesteps = self.diffusion.num_timesteps
         if config.get("routing"):
             rcfg = dict(config["routing"])
@@ -174,7 +169,9 @@ class DiffusionModel(nn.Module):
             terms = self.diffusion.training_losses(self.net, x0, t, y, noise=noise)
             per_sample = terms["loss"]
             if self.weighting is not None:
-                per_sample = self.weighting(per_sample, t, self.diffusion.snr.to(x0.device), prediction="eps")
+                per_sample = self.weighting(
+                    per_sample, t, self.diffusion.snr.to(x0.device), prediction=self.diffusion.prediction
+                )
             cluster_losses = self.clusters.reduce(per_sample, t)
         return LossOutput(cluster_losses.mean(), cluster_losses, per_sample, t, noise, terms["mse"])
 
@@ -184,6 +181,11 @@ class DiffusionModel(nn.Module):
         return self.balancer.backward(out.cluster_losses, params, scaler=scaler)
 
     # ------------------------------------------------------------------ sampling
+
+    @property
+    def solvers(self) -> list[str]:
+        """The solvers that fit this model's process (the first is the default of `sample`)."""
+        return solvers_for(self.diffusion.process)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -197,7 +199,7 @@ class DiffusionModel(nn.Module):
         labels: torch.Tensor | list[int] | None = None,
         num_samples: int | None = None,
         steps: int | str | None = 250,
-        sampler: str = "ddpm",
+        sampler: str | None = None,
         guidance: float = 1.0,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
@@ -209,9 +211,16 @@ class DiffusionModel(nn.Module):
     ) -> torch.Tensor:
         """Draw samples (B, C, H, W); pixel models return [-1, 1] images, latent models decode with their VAE.
 
+        `sampler` names the solver (`model.solvers` lists those of the model's process; default: its
+        first, `ddpm` for the Gaussian diffusion); `solver=` is the same argument.
+
         `clip_denoised=None` clips predicted x0 to [-1, 1] for pixel models (as ADM samples) and not for
         latent models (as DiT samples).
         """
+        solver = kwargs.pop("solver", None)
+        if solver is not None and sampler is not None and solver != sampler:
+            raise ValueError(f"solver={solver!r} and sampler={sampler!r} name the same argument; give one")
+        sampler = solver or sampler or self.solvers[0]
         device = next(self.net.parameters()).device
         if clip_denoised is None:
             clip_denoised = not self.config.get("vae")

@@ -9,7 +9,7 @@ import torch
 
 from zoo import clustering
 from zoo.config import arch_class
-from zoo.diffusion import GaussianDiffusion
+from zoo.diffusion import build_process
 from zoo.hub.create import _backbone_overrides_from, _location_config, _vae_override, is_location
 from zoo.hub.registry import _PRETRAINED, _load_builtin_configs, get_pretrained_cfg
 from zoo.hub.shipped import PACKAGE_WEIGHTS
@@ -63,7 +63,7 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
     if config["backbone"]["arch"] == "dit":
         flops = gflops(net)
     dcfg = config["diffusion"]
-    snr = GaussianDiffusion(dcfg["schedule"], dcfg["num_timesteps"], dcfg["learn_sigma"]).snr
+    snr = build_process(dcfg).snr
     ccfg = config["clustering"]
     if ccfg.get("intervals"):
         clusters = [list(interval) for interval in ccfg["intervals"]]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from zoo.diffusion.registry import get_solver, register_process, register_solver, solvers_for
 from zoo.validate import check_sampling_numbers
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 SCHEDULES = ("linear", "cosine")
-SAMPLERS = ("ddpm", "ddim")
 FIXED_VARIANCES = ("large", "small")
 #: the normal CDF of the decoder NLL at t = 0: exact, or ADM's tanh approximation (the released code's)
 NORMAL_CDFS = ("exact", "adm")
@@ -204,6 +204,7 @@ def classifier_free_guidance(net: Net, scale: float, channels: int | None = None
     return guided
 
 
+@register_process("ddpm")
 class GaussianDiffusion:
     """A discrete Gaussian diffusion process with eps prediction and optional learned variance.
 
@@ -214,6 +215,18 @@ class GaussianDiffusion:
     `normal_cdf` picks the CDF of the decoder NLL at t = 0 (`discretized_gaussian_log_likelihood`):
     "exact" or "adm", the tanh approximation of the released ADM / DiT code (the recipes use "adm").
     """
+
+    prediction = "eps"
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> GaussianDiffusion:
+        """The process of a config's `diffusion` section (configs before `normal_cdf` existed: exact)."""
+        return cls(
+            schedule=section["schedule"],
+            num_timesteps=section["num_timesteps"],
+            learn_sigma=section["learn_sigma"],
+            normal_cdf=section.get("normal_cdf", "exact"),
+        )
 
     def __init__(
         self,
@@ -640,8 +653,7 @@ class GaussianDiffusion:
         parameters' device, `dtype` to float32. The net's train/eval mode is left as it is.
         All randomness comes from `generator`.
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+        solve = get_solver("ddpm", sampler)  # an unknown solver names those that fit, before any work
         check_sampling_numbers(guidance, eta)  # before any work: NaN guidance would draw black images
         if sampler == "ddpm" and eta != 0.0:
             raise ValueError(f"eta is a DDIM parameter; got eta={eta} with sampler='ddpm'")
@@ -649,13 +661,9 @@ class GaussianDiffusion:
             raise ValueError(f"shape must be (B, C, ...), got {tuple(shape)}")
         if y is not None and tuple(y.shape) != (shape[0],):
             raise ValueError(f"y must have shape ({shape[0]},), got {tuple(y.shape)}")
-        process = self
-        if steps is not None:
-            if isinstance(steps, int) and not isinstance(steps, bool):
-                if steps < 1 or steps > self.num_timesteps:
-                    raise ValueError(f"steps must lie in [1, {self.num_timesteps}], got {steps}")
-                steps = f"ddim{steps}" if sampler == "ddim" else str(steps)
-            process = self.respace(steps)
+        if steps is not None and isinstance(steps, int) and not isinstance(steps, bool):
+            if steps < 1 or steps > self.num_timesteps:
+                raise ValueError(f"steps must lie in [1, {self.num_timesteps}], got {steps}")
         if device is None:
             parameter = next(net.parameters(), None) if isinstance(net, torch.nn.Module) else None
             device = (
@@ -676,6 +684,39 @@ class GaussianDiffusion:
             device=device,
             dtype=dtype,
         )
-        if sampler == "ddpm":
-            return process.p_sample_loop(net, shape, **common)
-        return process.ddim_sample_loop(net, shape, eta=eta, **common)
+        return solve(self, net, shape, steps=steps, eta=eta, **common)
+
+    @property
+    def solvers(self) -> list[str]:
+        """The solvers of this process (`zoo.diffusion.solvers_for("ddpm")`)."""
+        return solvers_for("ddpm")
+
+
+@register_solver("ddpm", process="ddpm")
+def ddpm_solver(
+    process: GaussianDiffusion,
+    net: Net,
+    shape: Sequence[int],
+    steps: int | str | None = None,
+    eta: float = 0.0,
+    **common: Any,
+) -> torch.Tensor:
+    """DDPM ancestral sampling over `steps` respaced steps (an int, a respacing spec, or None: all)."""
+    if steps is not None:
+        process = process.respace(str(steps) if isinstance(steps, int) else steps)
+    return process.p_sample_loop(net, shape, **common)
+
+
+@register_solver("ddim", process="ddpm")
+def ddim_solver(
+    process: GaussianDiffusion,
+    net: Net,
+    shape: Sequence[int],
+    steps: int | str | None = None,
+    eta: float = 0.0,
+    **common: Any,
+) -> torch.Tensor:
+    """DDIM over `steps` evenly strided steps (`ddim{N}` respacing; or a spec), with `eta`."""
+    if steps is not None:
+        process = process.respace(f"ddim{steps}" if isinstance(steps, int) else steps)
+    return process.ddim_sample_loop(net, shape, eta=eta, **common)

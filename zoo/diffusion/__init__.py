@@ -1,0 +1,51 @@
+"""Processes and solvers: what the net learns and how samples are drawn (registry.py: one decorator each).
+
+`ddpm` (gaussian.py) is the discrete Gaussian diffusion DiT, DTR and ANT train with (eps prediction,
+learned sigma) and its solvers `ddpm` and `ddim`.
+"""
+
+from zoo.diffusion.gaussian import (
+    FIXED_VARIANCES,
+    NORMAL_CDFS,
+    SCHEDULES,
+    GaussianDiffusion,
+    approx_standard_normal_cdf,
+    classifier_free_guidance,
+    discretized_gaussian_log_likelihood,
+    named_beta_schedule,
+    normal_kl,
+    space_timesteps,
+)
+from zoo.diffusion.registry import (
+    DEFAULT_PROCESS,
+    UnknownNameError,
+    build_process,
+    get_solver,
+    list_processes,
+    process_class,
+    register_process,
+    register_solver,
+    solvers_for,
+)
+
+__all__ = [
+    "DEFAULT_PROCESS",
+    "FIXED_VARIANCES",
+    "NORMAL_CDFS",
+    "SCHEDULES",
+    "GaussianDiffusion",
+    "UnknownNameError",
+    "approx_standard_normal_cdf",
+    "build_process",
+    "classifier_free_guidance",
+    "discretized_gaussian_log_likelihood",
+    "get_solver",
+    "list_processes",
+    "named_beta_schedule",
+    "normal_kl",
+    "process_class",
+    "register_process",
+    "register_solver",
+    "solvers_for",
+    "space_timesteps",
+]
