@@ -39,6 +39,16 @@ class Objective:
 _OBJECTIVES: dict[str, Objective] = {}
 
 
+class UnknownNameError(KeyError, ValueError):
+    """A name the objective registry does not hold: a KeyError (a look-up miss) and a ValueError (bad input).
+
+    The same pair as zoo.models.UnknownNameError (parts do not import each other, so each defines its own).
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def register_objective(
     name: str, *, needs: Needs = None, partition: bool = False
 ) -> Callable[[Callable[..., object]], Callable[..., object]]:
@@ -69,7 +79,7 @@ def list_objectives() -> list[str]:
 def get_objective(name: str) -> Objective:
     """The registered objective `name`; an unknown name is an error listing the valid ones."""
     if name not in _OBJECTIVES:
-        raise ValueError(f"unknown clustering objective {name!r}; expected one of {list_objectives()}")
+        raise UnknownNameError(f"unknown clustering objective {name!r}; expected one of {list_objectives()}")
     return _OBJECTIVES[name]
 
 

@@ -19,6 +19,16 @@ _WEIGHTINGS: dict[str, type[nn.Module]] = {}
 T = TypeVar("T", bound=type[nn.Module])
 
 
+class UnknownNameError(KeyError, ValueError):
+    """A name the balancer / weighting registry does not hold: a KeyError (a look-up miss) and a ValueError (bad input).
+
+    The same pair as zoo.models.UnknownNameError (parts do not import each other, so each defines its own).
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def _register(table: dict[str, type[nn.Module]], kind: str, name: str) -> Callable[[T], T]:
     def decorator(cls: T) -> T:
         if name in table and table[name] is not cls:
@@ -34,7 +44,7 @@ def _lookup(table: dict[str, type[nn.Module]], kind: str, name: str) -> type[nn.
     if name not in table:
         close = difflib.get_close_matches(name, list(table), n=3)
         hint = f" Did you mean {close}?" if close else ""
-        raise KeyError(f"unknown {kind} {name!r}; valid names: {sorted(table)}.{hint}")
+        raise UnknownNameError(f"unknown {kind} {name!r}; valid names: {sorted(table)}.{hint}")
     return table[name]
 
 

@@ -18,6 +18,16 @@ _ROUTERS: dict[str, type[Router]] = {}
 RouterClass = TypeVar("RouterClass", bound=type[Router])
 
 
+class UnknownNameError(KeyError, ValueError):
+    """A name the router registry does not hold: a KeyError (a look-up miss) and a ValueError (bad input).
+
+    The same pair as zoo.models.UnknownNameError (parts do not import each other, so each defines its own).
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def register_router(name: str) -> Callable[[RouterClass], RouterClass]:
     """Class decorator registering a Router subclass under ``name`` (also stored as ``cls.name``)."""
     if not isinstance(name, str) or not name.isidentifier() or name == NO_ROUTER:
@@ -45,7 +55,7 @@ def get_router_class(name: str) -> type[Router]:
     if name not in _ROUTERS:
         close = difflib.get_close_matches(str(name), list_routers(), n=3)
         hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(f"unknown router {name!r}; expected one of {list_routers()}.{hint}")
+        raise UnknownNameError(f"unknown router {name!r}; expected one of {list_routers()}.{hint}")
     return _ROUTERS[name]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from zoo import models
 from zoo.config import CONFIG_VERSION, arch_arguments, config_from_name
 
 #: backbone settings that count things (>= 1)
@@ -109,8 +110,8 @@ def validate_config(config: Any, source: str) -> dict[str, Any]:
         _fail(source, "name", "a string", config["name"])
     backbone = _section(config, "backbone", source)
     _named(backbone, "backbone", source)
-    if backbone.get("arch") not in ARCHS:
-        _fail(source, "backbone.arch", f"one of {list(ARCHS)}", backbone.get("arch"))
+    if backbone.get("arch") not in models.list_archs():
+        _fail(source, "backbone.arch", f"one of {models.list_archs()}", backbone.get("arch"))
     kwargs = backbone.get("kwargs")
     check_backbone_kwargs(kwargs, source)
     known = arch_arguments(backbone["arch"])
