@@ -59,12 +59,15 @@ class TaskClusters:
             self._lookups[device] = self._lookups[torch.device("cpu")].to(device)
         return self._lookups[device]
 
-    def cluster_of(self, t: Tensor | int | Sequence[int]) -> Tensor:
-        """Cluster index of each timestep, a LongTensor shaped like `t` (on t's device)."""
+    def cluster_of(self, t: Tensor | int | Sequence[int], check_timesteps: bool = True) -> Tensor:
+        """Cluster index of each timestep, a LongTensor shaped like `t` (on t's device).
+
+        `check_timesteps=False` skips the range check (a device sync) for timesteps the caller validated.
+        """
         t = torch.as_tensor(t)
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise TypeError(f"timesteps must be an integer tensor, got dtype {t.dtype}")
-        if t.numel() and bool(((t < 0) | (t >= self.num_timesteps)).any()):
+        if check_timesteps and t.numel() and bool(((t < 0) | (t >= self.num_timesteps)).any()):
             raise ValueError(
                 f"timesteps must lie in [0, {self.num_timesteps - 1}], got min {int(t.min())}, max {int(t.max())}"
             )
@@ -102,7 +105,9 @@ class TaskClusters:
         t = lows + offsets
         return t if device is None else t.to(device)
 
-    def reduce(self, per_sample_losses: Tensor, t: Tensor, allow_empty: bool = False) -> Tensor:
+    def reduce(
+        self, per_sample_losses: Tensor, t: Tensor, allow_empty: bool = False, check_timesteps: bool = True
+    ) -> Tensor:
         """Mean loss of each cluster, a Tensor (K,), differentiable with respect to the losses.
 
         A cluster without samples raises a ValueError naming it, unless `allow_empty`; then its entry
@@ -113,7 +118,7 @@ class TaskClusters:
                 "per_sample_losses and t must both be 1-D of the same length, got shapes "
                 f"{tuple(per_sample_losses.shape)} and {tuple(t.shape)}"
             )
-        cluster = self.cluster_of(t).to(per_sample_losses.device)
+        cluster = self.cluster_of(t, check_timesteps).to(per_sample_losses.device)
         counts = torch.bincount(cluster, minlength=self.k)
         if not allow_empty and bool((counts == 0).any()):
             empty = [i for i, count in enumerate(counts.tolist()) if count == 0]

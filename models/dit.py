@@ -270,7 +270,9 @@ class DiT(nn.Module):
         return list(self.blocks)
 
     @staticmethod
-    def resolve_learn_sigma(kwargs: dict[str, Any], overrides: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    def resolve_learn_sigma(
+        kwargs: dict[str, Any], overrides: dict[str, Any], defaults: dict[str, Any]
+    ) -> bool:
         """DiT states learned sigma as its own `learn_sigma` argument (default True)."""
         return bool(kwargs.get("learn_sigma", True))
 
@@ -398,7 +400,14 @@ class DiT(nn.Module):
         x = x.reshape(x.shape[0], grid, grid, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, grid * p, grid * p)
 
-    def _check_inputs(self, x: Tensor, t: Tensor, y: Tensor | None, force_drop_ids: Tensor | None) -> None:
+    def _check_inputs(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor | None,
+        force_drop_ids: Tensor | None,
+        check_timesteps: bool = True,
+    ) -> None:
         expected = (self.in_channels, self.input_size, self.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
@@ -408,7 +417,7 @@ class DiT(nn.Module):
         num_tasks = getattr(self.router, "num_tasks", None)
         if self.router is not None and t.is_floating_point():
             raise TypeError(f"with a router, t must hold integer timestep indices, got dtype {t.dtype}")
-        t_range = _value_range(t) if num_tasks is not None else None
+        t_range = _value_range(t) if num_tasks is not None and check_timesteps else None
         if t_range is not None and (t_range[0] < 0 or t_range[1] >= num_tasks):
             raise ValueError(
                 f"timesteps must lie in [0, {num_tasks - 1}] (router num_tasks={num_tasks}), "
@@ -437,14 +446,21 @@ class DiT(nn.Module):
             raise ValueError(f"labels must lie in [0, {top}]{null}, got range [{y_range[0]}, {y_range[1]}]")
 
     def forward(
-        self, x: Tensor, t: Tensor, y: Tensor | None = None, force_drop_ids: Tensor | None = None
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor | None = None,
+        force_drop_ids: Tensor | None = None,
+        check_timesteps: bool = True,
     ) -> Tensor:
         """Predict (B, out_channels, H, W) from noisy x, ORIGINAL timestep indices t and labels y.
 
         For a conditional model y=None means the null class (an unconditional prediction);
         force_drop_ids (B,) replaces chosen labels by the null class (classifier-free guidance).
+        check_timesteps=False skips the range check of t (one device sync per forward, here and in
+        the router), for a caller that validated its timesteps once (zoo's DiffusionModel does).
         """
-        self._check_inputs(x, t, y, force_drop_ids)
+        self._check_inputs(x, t, y, force_drop_ids, check_timesteps)
         c = self.t_embedder(t)
         if self.y_embedder is not None:
             if y is None:
@@ -461,8 +477,10 @@ class DiT(nn.Module):
         else:  # autocast: the sum promotes, as the out-of-place add of the original DiT does
             tokens = tokens + self.pos_embed
         checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        # the router checks t itself unless the caller validated it (a router's own mask() may not offer it)
+        unchecked = {} if check_timesteps else {"check_timesteps": False}
         for i, block in enumerate(self.blocks):
-            mask = None if self.router is None else self.router.mask(t, block=i).to(tokens.dtype)
+            mask = None if self.router is None else self.router.mask(t, block=i, **unchecked).to(tokens.dtype)
             if checkpointing:
                 tokens = checkpoint(block, tokens, c, mask, use_reentrant=False)
             else:

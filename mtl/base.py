@@ -22,8 +22,14 @@ Conventions shared by every method:
   averages only the gradients of ordinary tensors (e.g. UW's log-variances). What the methods
   reduce besides gradients (cluster losses, per-layer cluster gradients of the Gram matrix) is
   still averaged by the balancer, so the weights stay those of the union batch.
-* Clipping (``max_grad_norm``): applied to the total norm of the params' ``.grad`` after the
-  balancer has written it (in the scaled domain the threshold is multiplied by the scale).
+* Clipping (``max_grad_norm``, part of a method's recipe): ``backward(..., clip=True)`` (the default)
+  clips the total norm of the params' ``.grad`` after the balancer has written it (in the scaled domain
+  the threshold is multiplied by the scale), i.e. per call. A caller that accumulates several
+  backwards, or clips on its own, passes ``clip=False`` and clips the summed, unscaled gradient once
+  with ``max_grad_norm`` (or a tighter threshold of its own): the zoo's trainer does this.
+* Capture: ``capture(net, sample_cluster)`` returns the context manager to run the forward in; pass
+  that same object to ``backward(..., capture=...)``, so several forwards can be in flight. Without
+  it, the balancer uses the one its last ``capture`` opened (the single-forward protocol).
 """
 
 from __future__ import annotations
@@ -135,8 +141,19 @@ class Balancer(nn.Module):
         """Context around the forward pass; a no-op unless the method needs per-cluster gradients."""
         return contextlib.nullcontext()
 
-    def backward(self, cluster_losses: Tensor, params: Iterable[Tensor], scaler: Any | None = None) -> dict:
-        """Write the balanced update into ``params``' ``.grad``; returns what to log."""
+    def backward(
+        self,
+        cluster_losses: Tensor,
+        params: Iterable[Tensor],
+        scaler: Any | None = None,
+        capture: Any = None,
+        clip: bool = True,
+    ) -> dict:
+        """Write the balanced update into ``params``' ``.grad``; returns what to log.
+
+        ``capture``: what ``capture`` returned around this loss's forward (None: the last one opened);
+        ``clip``: apply ``max_grad_norm`` to the gradient now (False: the caller clips once, later).
+        """
         raise NotImplementedError
 
     def parameter_groups(self) -> list[dict]:
@@ -184,7 +201,7 @@ class Balancer(nn.Module):
                 raise ValueError("every parameter passed to backward must require grad")
         return params
 
-    def _write_grads(self, loss: Tensor, params: list[Tensor], scaler: Any | None) -> dict:
+    def _write_grads(self, loss: Tensor, params: list[Tensor], scaler: Any | None, clip: bool = True) -> dict:
         """Backward ``loss`` into ``params`` (scaled; averaged over processes), then clip if asked."""
         loss = scaled(loss, scaler)
         if any(is_sharded(param) for param in params):
@@ -195,7 +212,7 @@ class Balancer(nn.Module):
             grads = torch.autograd.grad(loss, params, materialize_grads=True)
             flat = all_reduce_mean_(torch.cat([grad.reshape(-1) for grad in grads]))
             add_to_grads(params, flat.split([param.numel() for param in params]))
-        return self._clip(params, scaler)
+        return self._clip(params, scaler) if clip else {}
 
     @staticmethod
     def _fsdp_backward(loss: Tensor, params: list[Tensor]) -> None:

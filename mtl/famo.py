@@ -77,7 +77,14 @@ class FAMO(Balancer):
         self.exp_avg_sq.zero_()
         self.adam_step.zero_()
 
-    def backward(self, cluster_losses: Tensor, params: Iterable[Tensor], scaler: Any | None = None) -> dict:
+    def backward(
+        self,
+        cluster_losses: Tensor,
+        params: Iterable[Tensor],
+        scaler: Any | None = None,
+        capture: Any = None,
+        clip: bool = True,
+    ) -> dict:
         self._check_losses(cluster_losses)
         params = self._check_params(params)
         losses = self._global(cluster_losses)
@@ -88,7 +95,7 @@ class FAMO(Balancer):
         inverse = z / (losses - self.min_losses + self.eps)
         coefficients = inverse / inverse.sum()
         logs = self._write_grads(
-            (coefficients.to(cluster_losses.dtype) * cluster_losses).sum(), params, scaler
+            (coefficients.to(cluster_losses.dtype) * cluster_losses).sum(), params, scaler, clip
         )
         self.pending_losses.copy_(losses)
         logs["weights"] = coefficients

@@ -631,13 +631,20 @@ class GramBalancer(Balancer):
         self._capture = GramCapture(net, sample_cluster, self.k)
         return self._capture
 
-    def backward(self, cluster_losses: Tensor, params: Iterable[Tensor], scaler: Any | None = None) -> dict:
+    def backward(
+        self,
+        cluster_losses: Tensor,
+        params: Iterable[Tensor],
+        scaler: Any | None = None,
+        capture: Any = None,
+        clip: bool = True,
+    ) -> dict:
         self._check_losses(cluster_losses)
         params = self._check_params(params)
         logs: dict[str, Any] = {"updated": self.update_due()}
         if not logs["updated"]:
             coefficients = self.weights.to(cluster_losses.dtype)
-            logs.update(self._write_grads((coefficients * cluster_losses).sum(), params, scaler))
+            logs.update(self._write_grads((coefficients * cluster_losses).sum(), params, scaler, clip))
         elif self.engine == "autograd":
             if any(is_sharded(p) for p in params):
                 raise ValueError(
@@ -650,14 +657,18 @@ class GramBalancer(Balancer):
             coefficients = self._solve(gram, logs)
             update = coefficients.to(jacobian.dtype) @ jacobian
             add_to_grads(params, update.split([p.numel() for p in params]))
-            logs.update(self._clip(params, scaler))
+            if clip:
+                logs.update(self._clip(params, scaler))
         else:
-            if self._capture is None:
+            if capture is None:  # the single-forward protocol: the one the last `capture` opened
+                capture = self._capture
+            if self._capture is capture:
+                self._capture = None
+            if not isinstance(capture, GramCapture):
                 raise RuntimeError(
                     "on update steps the forward must run inside `with balancer.capture(net, "
                     "sample_cluster):` (or build the balancer with engine='autograd')"
                 )
-            capture, self._capture = self._capture, None
             scale = loss_scale(scaler)
             keep = None if self.keep == "backward" or any(is_sharded(p) for p in params) else self.keep
             gram = capture.gram(scaled(cluster_losses.sum(), scaler), params, keep=keep) / scale**2
@@ -665,12 +676,13 @@ class GramBalancer(Balancer):
             if keep is None:
                 logs.update(
                     self._write_grads(
-                        (coefficients.to(cluster_losses.dtype) * cluster_losses).sum(), params, scaler
+                        (coefficients.to(cluster_losses.dtype) * cluster_losses).sum(), params, scaler, clip
                     )
                 )
             else:  # built from the Gram pass, in the scaled domain like a scaled backward
                 add_to_grads(params, capture.update(coefficients))
-                logs.update(self._clip(params, scaler))
+                if clip:
+                    logs.update(self._clip(params, scaler))
         self.step += 1
         logs["weights"] = self.weights.detach().clone()
         return logs

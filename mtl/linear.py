@@ -16,9 +16,16 @@ from .registry import register_balancer
 class Linear(Balancer):
     """Backward of ``mean_k L_k``. Cost: one ordinary backward. Several processes: gradients averaged."""
 
-    def backward(self, cluster_losses: Tensor, params: Iterable[Tensor], scaler: Any | None = None) -> dict:
+    def backward(
+        self,
+        cluster_losses: Tensor,
+        params: Iterable[Tensor],
+        scaler: Any | None = None,
+        capture: Any = None,
+        clip: bool = True,
+    ) -> dict:
         self._check_losses(cluster_losses)
         params = self._check_params(params)
-        logs = self._write_grads(cluster_losses.mean(), params, scaler)
+        logs = self._write_grads(cluster_losses.mean(), params, scaler, clip)
         logs["weights"] = torch.full((self.k,), 1.0 / self.k)
         return logs

@@ -54,12 +54,19 @@ class UncertaintyWeighting(Balancer):
         with torch.no_grad():
             self.log_vars.fill_(-math.log(2.0))
 
-    def backward(self, cluster_losses: Tensor, params: Iterable[Tensor], scaler: Any | None = None) -> dict:
+    def backward(
+        self,
+        cluster_losses: Tensor,
+        params: Iterable[Tensor],
+        scaler: Any | None = None,
+        capture: Any = None,
+        clip: bool = True,
+    ) -> dict:
         self._check_losses(cluster_losses)
         params = self._check_params(params)
         if any(p is self.log_vars for p in params):
             raise ValueError("pass only the network's parameters; the balancer adds its own log-variances")
         log_vars = self.log_vars.to(cluster_losses.dtype)
-        logs = self._write_grads(uw_loss(cluster_losses, log_vars), [*params, self.log_vars], scaler)
+        logs = self._write_grads(uw_loss(cluster_losses, log_vars), [*params, self.log_vars], scaler, clip)
         logs["weights"] = 0.5 * torch.exp(-self.log_vars.detach())
         return logs

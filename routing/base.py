@@ -119,15 +119,24 @@ class Router(nn.Module, ABC):
         self._check_block(block)
         return self.table_bool(block).to(torch.float32)
 
-    def mask(self, t: torch.Tensor, block: int = 0, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def mask(
+        self,
+        t: torch.Tensor,
+        block: int = 0,
+        dtype: torch.dtype | None = None,
+        check_timesteps: bool = True,
+    ) -> torch.Tensor:
         """Channel masks (B, C_block) of 0/1 for timesteps ``t`` (B,) in block ``block``.
 
         ``t`` holds ORIGINAL timestep indices in [0, num_tasks) (respaced samplers must pass those).
         ``dtype`` defaults to the default float dtype; pass the activations' dtype under reduced precision.
         Below ``strength`` 1 the inactive channels are ``1 - strength`` instead of 0 (active ones stay 1).
+        ``check_timesteps=False`` skips the range check of ``t`` (a device sync), for a caller that
+        validated these timesteps itself.
         """
         self._check_block(block)
-        self._check_timesteps(t)
+        if check_timesteps:
+            self._check_timesteps(t)
         table = self.table_bool(block)
         rows = table.index_select(0, t.to(device=table.device, dtype=torch.long))
         dtype = dtype or torch.get_default_dtype()

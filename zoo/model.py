@@ -5,10 +5,11 @@ MTL balancer, rebuilt from one JSON-serialisable config (ARCHITECTURE.md, "The o
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,18 @@ from zoo.layout import (
     save_folder,
     save_mtl_state,
 )
+from zoo.mtl.base import clip_grad_norm, grad_norm
 from zoo.registry import ModelName
 from zoo.validate import check_weights
 
 
 @dataclass
 class LossOutput:
-    """One training loss evaluation: what the balancer and the logs need."""
+    """One training loss evaluation: what `DiffusionModel.backward` and `after_step` and the logs need.
+
+    It holds everything the backward of this evaluation needs (no state is left on the model or the
+    balancer), so several evaluations can be in flight, e.g. micro-batches of gradient accumulation.
+    """
 
     total: torch.Tensor  # scalar: mean of the cluster losses (for logging; the balancer decides the update)
     cluster_losses: torch.Tensor  # (K,)
@@ -47,6 +53,12 @@ class LossOutput:
     t: torch.Tensor  # (B,) timesteps used
     noise: torch.Tensor  # the noise used (to re-evaluate the same batch)
     mse: torch.Tensor  # (B,) raw eps-MSE, before weighting
+    params: list[torch.Tensor] = field(
+        default_factory=list
+    )  # the net's trainable parameters (the backward's)
+    capture: Any = None  # what `balancer.capture(...)` returned around this forward
+    x0: torch.Tensor | None = None  # the batch (references), to re-evaluate it after the step
+    y: torch.Tensor | None = None
 
 
 class DiffusionModel(nn.Module):
@@ -147,38 +159,106 @@ class DiffusionModel(nn.Module):
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> LossOutput:
-        """Per-sample losses -> weighting -> cluster losses, with stratified timesteps (ARCHITECTURE.md)."""
+        """Per-sample losses -> weighting -> cluster losses, with stratified timesteps (ARCHITECTURE.md).
+
+        A given `t` is validated here, once (one device sync; drawn timesteps are valid by
+        construction); the diffusion, the clusters, the backbone and its router then skip their own
+        range checks.
+        """
         batch = x0.shape[0]
         if t is None:
             t = self.clusters.sample_timesteps(batch, generator=generator, device=x0.device)
+        else:
+            self.diffusion._check_timesteps(t, batch)
         if noise is None:
             noise = (
                 torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
                 if generator is not None
                 else torch.randn_like(x0)
             )
-        sample_cluster = self.clusters.cluster_of(t)
+        sample_cluster = self.clusters.cluster_of(t, check_timesteps=False)
         # Under FSDP (fully_shard) a forward swaps the root's parameters for unsharded views, and one
         # without grad (an evaluation) leaves them so: reshard first, so these are the DTensor shards.
-        if FSDPModule is not None and torch.distributed.is_initialized():
-            for module in self.net.modules():
-                if isinstance(module, FSDPModule):
-                    module.reshard()
-        self._trainable = [p for p in self.net.parameters() if p.requires_grad]
-        with self.balancer.capture(self.net, sample_cluster):
-            terms = self.diffusion.training_losses(self.net, x0, t, y, noise=noise)
+        _reshard(self.net)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        capture = self.balancer.capture(self.net, sample_cluster)
+        with capture:
+            terms = self.diffusion.training_losses(
+                self._prevalidated_net(), x0, t, y, noise=noise, check_timesteps=False
+            )
             per_sample = terms["loss"]
             if self.weighting is not None:
                 per_sample = self.weighting(
                     per_sample, t, self.diffusion.snr.to(x0.device), prediction=self.diffusion.prediction
                 )
-            cluster_losses = self.clusters.reduce(per_sample, t)
-        return LossOutput(cluster_losses.mean(), cluster_losses, per_sample, t, noise, terms["mse"])
+            cluster_losses = self.clusters.reduce(per_sample, t, check_timesteps=False)
+        return LossOutput(
+            cluster_losses.mean(),
+            cluster_losses,
+            per_sample,
+            t,
+            noise,
+            terms["mse"],
+            params=params,
+            capture=capture,
+            x0=x0,
+            y=y,
+        )
 
-    def backward(self, out: LossOutput, scaler: Any = None) -> dict[str, Any]:
-        """The balancer's update for one `loss` output: writes `.grad` of the net's trainable parameters."""
-        params = getattr(self, "_trainable", None) or [p for p in self.net.parameters() if p.requires_grad]
-        return self.balancer.backward(out.cluster_losses, params, scaler=scaler)
+    def _prevalidated_net(self) -> Any:
+        """The net, called without its own timestep range check where its forward offers one."""
+        if "check_timesteps" in inspect.signature(self.net.forward).parameters:
+            return _Prevalidated(self.net)
+        return self.net
+
+    def backward(self, out: LossOutput, scaler: Any = None, clip: bool = True) -> dict[str, Any]:
+        """The balancer's update for one `loss` output: writes `.grad` of its trainable parameters.
+
+        This is the one backward path (the trainer's too). `clip=True` applies the balancer's
+        `max_grad_norm` (its recipe) to this output's gradient, as a loop with one backward per step
+        wants; a loop that accumulates several outputs passes `clip=False` and calls
+        `clip_grad_norm_` once on the sum (after `scaler.unscale_`), as the trainer does.
+        """
+        params = out.params or [p for p in self.net.parameters() if p.requires_grad]
+        return self.balancer.backward(
+            out.cluster_losses, params, scaler=scaler, capture=out.capture, clip=clip
+        )
+
+    def grad_params(self) -> list[torch.Tensor]:
+        """Every parameter a backward writes: the net's trainable ones and the balancer's (UW's log-variances)."""
+        net = [p for p in self.net.parameters() if p.requires_grad]
+        return net + [p for p in self.balancer.parameters() if p.requires_grad]
+
+    def clip_grad_norm_(self, max_norm: float | None = None) -> torch.Tensor:
+        """Clip the total gradient norm of `grad_params()` to `max_norm`; returns the norm before clipping.
+
+        `max_norm=None` only measures it. FSDP-sharded and ordinary gradients mix (the norm is the
+        same on every process). Call it on unscaled gradients (after `scaler.unscale_`).
+        """
+        params = [p for p in self.grad_params() if p.grad is not None]
+        if max_norm is None:
+            return grad_norm(params)
+        if not max_norm > 0:
+            raise ValueError(f"max_norm must be None or > 0, got {max_norm!r}")
+        return clip_grad_norm(params, max_norm)
+
+    def after_step(self, out: LossOutput) -> dict[str, Any]:
+        """After the optimiser step: balancers with `needs_after_step` (FAMO) compare with `out`'s batch.
+
+        Re-evaluates `out`'s batch (same timesteps and noise) without grad, under the caller's autocast,
+        and passes its cluster losses to `balancer.after_step`; returns its logs ({} for the others).
+        """
+        if not self.balancer.needs_after_step:
+            return {}
+        if out.x0 is None:
+            raise ValueError(
+                "after_step needs the LossOutput of `loss` (it carries the batch to re-evaluate)"
+            )
+        with torch.no_grad():
+            again = self.loss(out.x0, out.y, t=out.t, noise=out.noise).cluster_losses
+        _reshard(self.net)  # a forward without grad leaves FSDP's root unsharded
+        with torch.autocast(out.x0.device.type, enabled=False):
+            return self.balancer.after_step(again) or {}
 
     # ------------------------------------------------------------------ sampling
 
@@ -242,7 +322,7 @@ class DiffusionModel(nn.Module):
         self.net.eval()
         try:
             out = self.diffusion.sample(
-                self.net,
+                self._prevalidated_net(),  # the samplers' timesteps are valid by construction
                 (num_samples, *self.sample_shape),
                 y=labels,
                 sampler=sampler,
@@ -295,7 +375,9 @@ class DiffusionModel(nn.Module):
         """Write config.json, model.safetensors (the net's weights, e.g. EMA), mtl.safetensors (the state
         outside the net, when there is any: `mtl_state_dict()`) and a README.md model card."""
         out = save_folder(directory, self.config, state_dict or self.net.state_dict(), card=card)
-        save_mtl_state(out, self.mtl_state_dict())  # the balancer's too: from_pretrained restores the whole model
+        save_mtl_state(
+            out, self.mtl_state_dict()
+        )  # the balancer's too: from_pretrained restores the whole model
         return out
 
     def mtl_state_dict(self) -> dict[str, torch.Tensor]:
@@ -377,7 +459,11 @@ class DiffusionModel(nn.Module):
         model = cls(config)
         model.load_net_state(state_dict, strict=strict, source=str(folder))
         model._load_mtl_file(folder / MTL_WEIGHTS_NAME if mtl_file is True else mtl_file, source=str(folder))
-        model.pretrained_cfg = {"architecture": config.get("name"), "source": source or str(folder), "file": str(folder)}
+        model.pretrained_cfg = {
+            "architecture": config.get("name"),
+            "source": source or str(folder),
+            "file": str(folder),
+        }
         return model
 
     # ------------------------------------------------------------------ deferred initialisation
@@ -487,6 +573,25 @@ class DiffusionModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.config['name']!r}, clusters={self.clusters.k}, balancer={self.config['mtl']['name']!r}"
+
+
+class _Prevalidated:
+    """`net(x, t, y)` with `check_timesteps=False`: DiffusionModel validated the timesteps at its boundary."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+        self.num_classes = getattr(net, "num_classes", None)  # classifier-free guidance reads it
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any):
+        return self.net(x, t, y, check_timesteps=False, **kwargs)
+
+
+def _reshard(net: nn.Module) -> None:
+    """Under FSDP (fully_shard), put the parameters back to their DTensor shards (a no-op otherwise)."""
+    if FSDPModule is not None and torch.distributed.is_initialized():
+        for module in net.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
 
 class _cpu_if_meta:

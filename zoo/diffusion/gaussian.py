@@ -480,6 +480,7 @@ class GaussianDiffusion:
         y: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        check_timesteps: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Per-sample hybrid loss: dict of loss = mse + vb, mse and vb, each of shape (B,).
 
@@ -487,9 +488,11 @@ class GaussianDiffusion:
         variational bound term in bits per dim with the predicted mean detached, so it trains only
         the variance (improved DDPM): KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0 and the
         discretised Gaussian decoder NLL at t = 0, scaled by T/1000 so respaced processes match
-        the 1000-step scale. Without learned sigma vb is zero.
+        the 1000-step scale. Without learned sigma vb is zero. `check_timesteps=False` skips the
+        range check of t (a device sync) for a caller that validated t (DiffusionModel.loss).
         """
-        self._check_timesteps(t, x0.shape[0])
+        if check_timesteps:
+            self._check_timesteps(t, x0.shape[0])
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = self._q_sample(x0, t, noise)

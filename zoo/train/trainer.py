@@ -1,8 +1,9 @@
 """The training loop and `zoo train`: one step as ARCHITECTURE.md draws it, exact resume, data parallel.
 
 One step: stratified timesteps and per-sample losses -> weighting -> cluster losses (all inside
-`model.loss`), `balancer.backward` writes the gradients, gradients are averaged over ranks and
-clipped, the optimiser steps, the EMA follows, and balancers that ask for it (FAMO) re-evaluate the
+`model.loss`), `model.backward` (the balancer) writes the gradients, averaged over ranks, of every
+micro-batch; the summed, unscaled gradient is clipped once (`model.clip_grad_norm_`), the optimiser
+steps, the EMA follows, and `model.after_step` lets balancers that ask for it (FAMO) re-evaluate the
 same batch. Every random stream is seeded and checkpointed (data order, the timestep/noise
 generator, the global torch RNG that drives label dropout, numpy and python), so a run interrupted
 at step k and resumed reproduces the uninterrupted run bit for bit on CPU.
@@ -36,7 +37,6 @@ import zoo
 from zoo.data import DataOrder, SeededBatchSampler, load_dataset
 from zoo.data.images import save_grid
 from zoo.hub.cards import pretrained_lineage
-from zoo.mtl.base import clip_grad_norm, grad_norm
 from zoo.train.checkpoint import (
     CheckpointSpaceError,
     RunLock,
@@ -124,7 +124,7 @@ class TrainConfig:
     ema_warmup_power: float = 2 / 3  # 0: constant decay `ema` from the first step
     precision: str = "fp32"
     grad_accum: int = 1
-    grad_clip: float = 0.0
+    grad_clip: float = 0.0  # 0: off; the step clips once with min(grad_clip, balancer.max_grad_norm)
     compile: bool = False
     grad_checkpointing: bool = False
     fsdp: bool = False
@@ -257,7 +257,6 @@ class Trainer:
         )
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         if model is None:
-
             overrides = {**model_overrides_for(self.dataset), **config.overrides}
             if config.grad_checkpointing:
                 overrides["grad_checkpointing"] = True
@@ -417,7 +416,7 @@ class Trainer:
         `t` and `noise` fix the timesteps and noise (else drawn from the trainer's generator). A step
         with a non-finite loss or gradient changes nothing and is reported with `skipped: True`.
         """
-        model, balancer = self.model, self.model.balancer
+        model = self.model
         x0, y = (
             x0.to(self.device, non_blocking=True),
             None if y is None else y.to(self.device, non_blocking=True),
@@ -431,18 +430,17 @@ class Trainer:
         cluster_sum = torch.zeros(model.clusters.k, device=self.device)
         logs: dict[str, Any] = {}
         finite = True
-        used: list[tuple[torch.Tensor, ...]] = []
         for x_part, y_part, t_part, noise_part in chunks:
             with self._autocast():
                 out = model.loss(x_part, y_part, t=t_part, noise=noise_part, generator=self.generator)
-            used.append((x_part, y_part, out.t, out.noise))
             finite_here = torch.isfinite(out.cluster_losses).all().float().reshape(1)
             if bool(all_reduce_mean(finite_here, self.context.world_size) < 1):  # every rank skips together
                 finite = False
                 break
             cluster_sum += out.cluster_losses.detach().float()
-            # the balancer accumulates into .grad and averages it over processes (itself, or FSDP: mtl/base.py)
-            logs.update(_floats(balancer.backward(out.cluster_losses, self.params, self.scaler) or {}))
+            # the balancer accumulates into .grad and averages it over processes (itself, or FSDP: mtl/base.py);
+            # it does not clip: the summed gradient is clipped once below
+            logs.update(_floats(model.backward(out, self.scaler, clip=False) or {}))
         if finite:
             if micro > 1:
                 for param in self.all_params:
@@ -450,7 +448,7 @@ class Trainer:
                         param.grad.div_(micro)
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
-            grad_norm = self._grad_norm()
+            grad_norm = self._clip_grad_norm(logs)
             finite = bool(torch.isfinite(grad_norm))
         if not finite:
             return self._skip_step()
@@ -461,14 +459,10 @@ class Trainer:
         else:
             self.optimizer.step()
         self.ema.update(self.model.net, step=self.step + 1)
-        if balancer.needs_after_step:
-            # the balancer compares with its last backward: re-evaluate that (micro-)batch; it averages over ranks
-            x_last, y_last, t_last, noise_last = used[-1]
-            with torch.no_grad(), self._autocast():
-                again = model.loss(x_last, y_last, t=t_last, noise=noise_last).cluster_losses
-            if self.fsdp:
-                reshard(model.net)
-            logs.update(_floats(balancer.after_step(again) or {}))
+        # balancers with needs_after_step (FAMO) compare with their last backward: the model re-evaluates
+        # that (micro-)batch without grad; the balancer averages over ranks
+        with self._autocast():
+            logs.update(_floats(model.after_step(out)))
         cluster_losses = all_reduce_mean(cluster_sum / micro, self.context.world_size)
         return {
             **logs,
@@ -479,12 +473,27 @@ class Trainer:
             "skipped": False,
         }
 
-    def _grad_norm(self) -> torch.Tensor:
-        """Total gradient norm of the net, clipped to `grad_clip` when that is positive (same on every rank)."""
-        params = [p for p in self.params if p.grad is not None]
-        if self.config.grad_clip > 0:
-            return clip_grad_norm(params, self.config.grad_clip)
-        return grad_norm(params)
+    def clip_threshold(self) -> float | None:
+        """The step's one clipping threshold: the tighter of `grad_clip` (when positive) and the balancer's
+        `max_grad_norm` (part of its recipe, e.g. Nash-MTL's 1.0); None when neither is set."""
+        thresholds = [self.config.grad_clip] if self.config.grad_clip > 0 else []
+        if self.model.balancer.max_grad_norm is not None:
+            thresholds.append(self.model.balancer.max_grad_norm)
+        return min(thresholds) if thresholds else None
+
+    def _clip_grad_norm(self, logs: dict[str, Any]) -> torch.Tensor:
+        """Clip the accumulated, unscaled gradient once (`clip_threshold`); returns its norm before clipping.
+
+        The norm covers every gradient the balancer wrote (the net's and its own, e.g. UW's
+        log-variances) and is the same on every rank. With a balancer `max_grad_norm` the logs keep
+        `grad_norm_before_clip` and `grad_clip` (the threshold used), as the balancer logged them.
+        """
+        threshold = self.clip_threshold()
+        norm = self.model.clip_grad_norm_(threshold)
+        if self.model.balancer.max_grad_norm is not None:
+            logs["grad_norm_before_clip"] = float(norm)
+            logs["grad_clip"] = threshold
+        return norm
 
     def _skip_step(self) -> dict[str, Any]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -1048,7 +1057,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default=d.precision)
     parser.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step")
-    parser.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
+    parser.add_argument(
+        "--grad-clip",
+        type=float,
+        default=d.grad_clip,
+        help="max gradient norm (0: off); a step clips once, with the tighter of this and the balancer's "
+        "max_grad_norm (its recipe)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward")
     parser.add_argument(
