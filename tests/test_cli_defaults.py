@@ -79,7 +79,7 @@ def test_leaderboard_writes_into_the_current_directory_by_default(tmp_path, monk
 
 
 def _affinity(tmp_path: Path, seed: int, name: str) -> torch.Tensor:
-    from zoo.cli.affinity import run_affinity
+    from zoo.cli.affinity import run as run_affinity
 
     parser = _subparser("affinity")
     args = parser.parse_args(

@@ -9,12 +9,26 @@ from pathlib import Path
 
 import torch
 
+import zoo
+from zoo.clustering.affinity import measure, plot_affinity
+from zoo.data import load_dataset
 
-def run_affinity(args: argparse.Namespace) -> int:
-    import zoo
-    from zoo.clustering.affinity import measure, plot_affinity
-    from zoo.data import load_dataset
+HELP = "measure the task-affinity matrix of a model; save it and a heatmap"
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="model name, local-dir:PATH or hf-hub:org/name")
+    parser.add_argument("--pretrained", default=None)
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--group", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="affinity")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
     if args.batches < 1 or args.batch < 1:
         raise ValueError(f"--batches and --batch must be >= 1, got {args.batches} and {args.batch}")
     model = zoo.create(args.name, pretrained=args.pretrained) if args.pretrained else zoo.create(args.name)

