@@ -407,6 +407,7 @@ class DiT(nn.Module):
         y: Tensor | None,
         force_drop_ids: Tensor | None,
         check_timesteps: bool = True,
+        task: Tensor | None = None,
     ) -> None:
         expected = (self.in_channels, self.input_size, self.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
@@ -415,9 +416,20 @@ class DiT(nn.Module):
         if t.shape != (batch,):
             raise ValueError(f"t must have shape ({batch},) (one timestep per sample), got {tuple(t.shape)}")
         num_tasks = getattr(self.router, "num_tasks", None)
-        if self.router is not None and t.is_floating_point():
-            raise TypeError(f"with a router, t must hold integer timestep indices, got dtype {t.dtype}")
-        t_range = _value_range(t) if num_tasks is not None and check_timesteps else None
+        if task is not None:
+            if self.router is None:
+                raise ValueError("task= selects routing masks, but this model has no router")
+            if task.shape != (batch,) or task.is_floating_point():
+                raise ValueError(
+                    f"task must be an integer tensor of shape ({batch},), got {task.dtype} {tuple(task.shape)}"
+                )
+        routed = t if task is None else task
+        if self.router is not None and routed.is_floating_point():
+            raise TypeError(
+                f"with a router, t must hold integer timestep indices (or pass task= with continuous t), "
+                f"got dtype {t.dtype}"
+            )
+        t_range = _value_range(routed) if num_tasks is not None and check_timesteps else None
         if t_range is not None and (t_range[0] < 0 or t_range[1] >= num_tasks):
             raise ValueError(
                 f"timesteps must lie in [0, {num_tasks - 1}] (router num_tasks={num_tasks}), "
@@ -452,6 +464,7 @@ class DiT(nn.Module):
         y: Tensor | None = None,
         force_drop_ids: Tensor | None = None,
         check_timesteps: bool = True,
+        task: Tensor | None = None,
     ) -> Tensor:
         """Predict (B, out_channels, H, W) from noisy x, ORIGINAL timestep indices t and labels y.
 
@@ -459,8 +472,10 @@ class DiT(nn.Module):
         force_drop_ids (B,) replaces chosen labels by the null class (classifier-free guidance).
         check_timesteps=False skips the range check of t (one device sync per forward, here and in
         the router), for a caller that validated its timesteps once (zoo's DiffusionModel does).
+        `task` (B,) long selects the routing masks when t is not a task index (the flow process feeds
+        continuous time t in [0, 1], as SiT does, and the task of that time); default: t itself.
         """
-        self._check_inputs(x, t, y, force_drop_ids, check_timesteps)
+        self._check_inputs(x, t, y, force_drop_ids, check_timesteps, task)
         c = self.t_embedder(t)
         if self.y_embedder is not None:
             if y is None:
@@ -479,8 +494,13 @@ class DiT(nn.Module):
         checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         # the router checks t itself unless the caller validated it (a router's own mask() may not offer it)
         unchecked = {} if check_timesteps else {"check_timesteps": False}
+        routed = t if task is None else task
         for i, block in enumerate(self.blocks):
-            mask = None if self.router is None else self.router.mask(t, block=i, **unchecked).to(tokens.dtype)
+            mask = (
+                None
+                if self.router is None
+                else self.router.mask(routed, block=i, **unchecked).to(tokens.dtype)
+            )
             if checkpointing:
                 tokens = checkpoint(block, tokens, c, mask, use_reentrant=False)
             else:
@@ -535,7 +555,23 @@ def _register_dit(size: str, patch: int) -> None:
         return {"arch": "dit", "kwargs": {**kwargs, **DIT_SIZES[size]}}
 
 
-# DiT-{T,S,B,L,XL}/{2,4,8} for 32x32x4 latents and 1,000 classes: dit_s, dit_s_p4, dit_xl_p8, ...
+def _register_sit(size: str, patch: int) -> None:
+    name = f"sit_{size.lower()}" if patch == 2 else f"sit_{size.lower()}_p{patch}"
+
+    @register_backbone(name)
+    def _entry() -> dict[str, Any]:
+        kwargs = {"input_size": 32, "patch_size": patch, "in_channels": 4, "num_classes": 1000}
+        # SiT = the DiT network trained with the flow process: velocity only (no learned sigma)
+        return {
+            "arch": "dit",
+            "kwargs": {**kwargs, **DIT_SIZES[size], "learn_sigma": False},
+            "process": "flow",
+        }
+
+
+# DiT-{T,S,B,L,XL}/{2,4,8} for 32x32x4 latents and 1,000 classes: dit_s, dit_s_p4, dit_xl_p8, ...;
+# SiT-{T,S,B,L,XL}/{2,4,8} the same networks with the flow process: sit_s, sit_xl_p8, ...
 for _size in DIT_SIZES:
     for _patch in PATCH_SIZES:
         _register_dit(_size, _patch)
+        _register_sit(_size, _patch)

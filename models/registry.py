@@ -11,7 +11,8 @@ attributes and methods (defaults below, in `ARCH_FACTS`):
 * `resolve_learn_sigma(kwargs, overrides, defaults)`: applies a `learn_sigma` override to the
   constructor arguments and returns whether the output carries the variance.
 
-A named backbone is an entrypoint returning `{"arch": key, "kwargs": {...}}`, registered with
+A named backbone is an entrypoint returning `{"arch": key, "kwargs": {...}}` (and optionally
+`"process"`: the generative process it trains with, e.g. "flow"; absent means "ddpm"), registered with
 `@register_backbone(name)`. Adding a backbone is one file with one class and one decorator.
 """
 
@@ -102,7 +103,12 @@ def backbone_spec(name: str) -> dict[str, Any]:
     spec = _BACKBONES[name]()
     if spec.get("arch") not in _ARCHS:
         raise _miss(f"architecture (of backbone {name!r})", spec.get("arch"), list_archs())
-    return {"arch": spec["arch"], "kwargs": dict(spec["kwargs"])}
+    out = {"arch": spec["arch"], "kwargs": dict(spec["kwargs"])}
+    if spec.get("process") is not None:  # the generative process it trains with (absent: "ddpm")
+        if not isinstance(spec["process"], str):
+            raise TypeError(f"backbone {name!r}: process must be a process name, got {spec['process']!r}")
+        out["process"] = spec["process"]
+    return out
 
 
 def arch_class(arch: str) -> type[nn.Module]:

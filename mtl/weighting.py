@@ -4,6 +4,11 @@ Each weighting is defined on the epsilon-MSE and converted so that the effective
 same whatever the network predicts: with x_t = a x0 + s eps (a^2 + s^2 = 1, SNR = a^2 / s^2),
 ``|x0 error|^2 = |eps error|^2 / SNR`` and ``|v error|^2 = |eps error|^2 (SNR + 1) / SNR``, so an
 eps weight w becomes ``w * SNR`` for x0 and ``w * SNR / (SNR + 1)`` for v.
+
+"velocity" is the flow-matching velocity u = x0 - eps of the linear interpolant x_t = t x0 + (1 - t) eps
+(SiT; SNR = t^2 / (1 - t)^2): from x_t, a velocity error e implies the eps error -t e, so
+``|u error|^2 = |eps error|^2 / t^2`` with ``t = sqrt(SNR) / (1 + sqrt(SNR))``, and an eps weight w becomes
+``w * SNR / (1 + sqrt(SNR))^2`` (Min-SNR-gamma: ``min(SNR, gamma) / (1 + sqrt(SNR))^2``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from torch import Tensor, nn
 
 from .registry import register_weighting
 
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("eps", "x0", "v", "velocity")
 
 
 def _snr_of(t: Tensor, snr: Tensor) -> Tensor:
@@ -31,6 +36,8 @@ def _to_prediction(eps_weight: Tensor, snr: Tensor, prediction: str) -> Tensor:
         return eps_weight * snr
     if prediction == "v":
         return eps_weight * snr / (snr + 1)
+    if prediction == "velocity":  # the linear interpolant's x0 - eps: the eps error is -t times its error
+        return eps_weight * snr / (1 + snr.sqrt()) ** 2
     raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
 
@@ -61,7 +68,8 @@ class Weighting(nn.Module):
 class MinSNR(Weighting):
     """Min-SNR-gamma (Hang et al., ICCV 2023): eps weight ``min(SNR, gamma) / SNR``.
 
-    Equivalently x0 weight ``min(SNR, gamma)`` and v weight ``min(SNR, gamma) / (SNR + 1)``.
+    Equivalently x0 weight ``min(SNR, gamma)``, v weight ``min(SNR, gamma) / (SNR + 1)`` and flow-velocity
+    weight ``min(SNR, gamma) / (1 + sqrt(SNR))^2``.
     """
 
     def __init__(self, gamma: float = 5.0) -> None:

@@ -171,6 +171,7 @@ RELEASED_SCHEDULES = {
     "dit_s_uw_k5.ant_in1k_256": "cosine",
     "adm_64.in1k": "cosine",
     "adm_256.uncond": "linear",
+    "sit_xl.in1k_256": "linear",  # the flow process's path: SiT's linear interpolant
 }
 
 

@@ -57,13 +57,27 @@ def config_from_name(name: str | ModelName, **overrides: Any) -> dict[str, Any]:
     if "learn_sigma" in overrides:
         backbone_kwargs["learn_sigma"] = overrides["learn_sigma"]
     learn_sigma = arch_class(spec["arch"]).resolve_learn_sigma(backbone_kwargs, overrides, spec["kwargs"])
-    diffusion = {
-        "schedule": overrides.get("schedule", "linear"),
-        "num_timesteps": int(overrides.get("num_timesteps", 1000)),
-        "learn_sigma": learn_sigma,
-        # the recipes reproduce the released ADM / DiT / ANT / DTR code: its tanh CDF in the t = 0 NLL
-        "normal_cdf": overrides.get("normal_cdf", "adm"),
-    }
+    process = spec.get("process")
+    if process is None:  # the Gaussian diffusion: no "process" key, as every config before the slot
+        diffusion = {
+            "schedule": overrides.get("schedule", "linear"),
+            "num_timesteps": int(overrides.get("num_timesteps", 1000)),
+            "learn_sigma": learn_sigma,
+            # the recipes reproduce the released ADM / DiT / ANT / DTR code: its tanh CDF in the t = 0 NLL
+            "normal_cdf": overrides.get("normal_cdf", "adm"),
+        }
+    else:  # another process (sit_*: "flow"); `schedule` names its path (SiT's linear interpolant)
+        if "normal_cdf" in overrides:
+            raise UnknownModelError(
+                f"normal_cdf configures the Gaussian diffusion's t = 0 likelihood; {parsed.full_name!r} trains "
+                f"with the {process!r} process"
+            )
+        diffusion = {
+            "process": process,
+            "schedule": overrides.get("schedule", "linear"),
+            "num_timesteps": int(overrides.get("num_timesteps", 1000)),
+            "learn_sigma": learn_sigma,
+        }
     routing = None
     if parsed.routing:
         routing = {"name": ROUTING_ALIASES.get(parsed.routing, parsed.routing)}

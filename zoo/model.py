@@ -184,7 +184,7 @@ class DiffusionModel(nn.Module):
         capture = self.balancer.capture(self.net, sample_cluster)
         with capture:
             terms = self.diffusion.training_losses(
-                self._prevalidated_net(), x0, t, y, noise=noise, check_timesteps=False
+                self._prevalidated_net(), x0, t, y, noise=noise, generator=generator, check_timesteps=False
             )
             per_sample = terms["loss"]
             if self.weighting is not None:
@@ -581,6 +581,7 @@ class _Prevalidated:
     def __init__(self, net: nn.Module) -> None:
         self.net = net
         self.num_classes = getattr(net, "num_classes", None)  # classifier-free guidance reads it
+        self.router = getattr(net, "router", None)  # a process feeding continuous time passes task=
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any):
         return self.net(x, t, y, check_timesteps=False, **kwargs)

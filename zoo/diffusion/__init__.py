@@ -1,9 +1,11 @@
 """Processes and solvers: what the net learns and how samples are drawn (registry.py: one decorator each).
 
 `ddpm` (gaussian.py) is the discrete Gaussian diffusion DiT, DTR and ANT train with (eps prediction,
-learned sigma) and its solvers `ddpm` and `ddim`.
+learned sigma) and its solvers `ddpm` and `ddim`; `flow` (flow.py) is SiT's linear-interpolant flow
+matching (velocity prediction, continuous time mapped to the tasks) and its solvers `euler`, `heun`, `sde`.
 """
 
+from zoo.diffusion.flow import DEFAULT_FLOW_STEPS, SDE_LAST_STEP_SIZE, FlowMatching
 from zoo.diffusion.gaussian import (
     FIXED_VARIANCES,
     NORMAL_CDFS,
@@ -29,10 +31,13 @@ from zoo.diffusion.registry import (
 )
 
 __all__ = [
+    "DEFAULT_FLOW_STEPS",
     "DEFAULT_PROCESS",
     "FIXED_VARIANCES",
+    "FlowMatching",
     "NORMAL_CDFS",
     "SCHEDULES",
+    "SDE_LAST_STEP_SIZE",
     "GaussianDiffusion",
     "UnknownNameError",
     "approx_standard_normal_cdf",

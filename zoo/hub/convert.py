@@ -5,6 +5,8 @@
 - the original DiT release (`DiT-XL-2-256x256.pt`: a plain state dict) and its `train.py` checkpoints
   (`{"model", "ema", "opt", "args"}`), opened with `torch.load(weights_only=True)`, never executed.
 - DTR-style checkpoints, which store their routing tables as buffers: checked, then dropped.
+- SiT's checkpoints (willisma/SiT: the released `SiT-XL-2-256.pt`, `train.py`'s `{"model", "ema", ...}`):
+  the DiT key layout, loaded as is.
 
 Pure functions on state dicts; nothing here downloads anything.
 """
@@ -243,6 +245,25 @@ def load_original_dit_checkpoint(path: str | os.PathLike[str], prefer: str = "em
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, Tensor) for v in state_dict.values()):
         raise ValueError(f"{path}: the selected entry is not a state dict of tensors")
     return dict(state_dict)
+
+
+#: the key prefixes of SiT's models.py (`SiT`): those of the original DiT, one to one
+SIT_PREFIXES = ("x_embedder.", "t_embedder.", "y_embedder.", "pos_embed", "blocks.", "final_layer.")
+
+
+def load_sit_checkpoint(path: str | os.PathLike[str], prefer: str = "ema") -> dict[str, Tensor]:
+    """State dict from a SiT file (willisma/SiT): the released `SiT-XL-2-256.pt` (a plain state dict) or a
+    `train.py` checkpoint `{"model", "ema", "opt", "args"}` (its `prefer` entry, "ema" by default, as SiT's
+    `find_model` reads it). SiT's network is DiT's with the same key names, so the keys pass unchanged;
+    a key outside that layout is an error. Opened with `torch.load(weights_only=True)`.
+    """
+    state_dict = load_original_dit_checkpoint(path, prefer=prefer)
+    foreign = sorted(key for key in state_dict if not key.startswith(SIT_PREFIXES))
+    if foreign:
+        raise ValueError(
+            f"{path}: not a SiT checkpoint (keys outside SiT's models.py layout {SIT_PREFIXES}): {foreign[:5]}"
+        )
+    return state_dict
 
 
 def _is_mask_buffer(key: str) -> bool:

@@ -106,8 +106,10 @@ def _state_dict_from_source(cfg: PretrainedCfg) -> tuple[dict[str, torch.Tensor]
         return torch.load(path, map_location="cpu", weights_only=True), None
     if cfg.format == "dtr":
         return convert.strip_dtr_mask_buffers(convert.load_original_dit_checkpoint(path)), None
+    if cfg.format == "sit":
+        return convert.load_sit_checkpoint(path), None
     raise ValueError(
-        f"{cfg.name}: unknown weights format {cfg.format!r} (zoo, diffusers, dit_original, ant, dtr, adm)"
+        f"{cfg.name}: unknown weights format {cfg.format!r} (zoo, diffusers, dit_original, ant, dtr, adm, sit)"
     )
 
 

@@ -27,7 +27,7 @@ class PretrainedCfg:
 
     arch: str  # grammar name without tag, e.g. "dit_xl" or "dit_t_dtr_uw_k5"
     tag: str
-    format: str = "zoo"  # zoo | diffusers | dit_original | ant | dtr | adm
+    format: str = "zoo"  # zoo | diffusers | dit_original | ant | dtr | adm | sit
     hf_hub_id: str | None = None
     hf_filename: str | None = None
     hf_subfolder: str | None = None
@@ -132,6 +132,40 @@ for _arch, _tag, _fid, _desc in _ANT:
             vae=ANT_SDXL_VAE if _arch.startswith("dit_s") else SD_VAE,
         )
     )
+
+# SiT-XL/2 (Ma et al., 2024; willisma/SiT, MIT licence): the flow process of zoo/diffusion/flow.py. The released
+# file (download.py, README table) is a plain state dict in the DiT key layout; its net was built with
+# learn_sigma=True (sample.py: `learn_sigma = args.image_size == 256`) and SiT's forward keeps the first half of
+# the 8 output channels, as the flow process does. sample.py decodes with sd-vae-ft-mse (`--vae` default).
+PRETRAINED.append(
+    PretrainedCfg(
+        arch="sit_xl",
+        tag="in1k_256",
+        format="sit",
+        url="https://www.dl.dropboxusercontent.com/scl/fi/as9oeomcbub47de5g4be0/SiT-XL-2-256.pt"
+        "?rlkey=uxzxmpicu46coq3msb17b9ofa&dl=0",
+        license="mit",
+        description="SiT-XL/2 trained on ImageNet 256x256 latents: linear interpolant, velocity prediction "
+        "(the flow process; the released net carries an unused learned-sigma half). MIT licence.",
+        overrides={
+            "input_size": 32,
+            "in_channels": 4,
+            "num_classes": 1000,
+            "learn_sigma": True,
+            "schedule": "linear",  # the flow process's path: SiT's `--path-type Linear`
+        },
+        recipe={"steps": 7_000_000, "batch": 256, "lr": 1e-4, "ema": 0.9999, "path": "linear"},
+        evaluation={
+            "sampler": "sde",
+            "steps": 250,
+            "guidance": 1.5,
+            "samples": 50_000,
+            "feature_extractor": "ADM Inception (FID-50K)",
+        },
+        results={"fid": 2.06, "inception_score": 270.27, "measured_here": False},
+        vae={"repo": "stabilityai/sd-vae-ft-mse", "scale": 0.18215},
+    )
+)
 
 # OpenAI's guided-diffusion ADM checkpoints (MIT licence): plain state dicts whose keys are ours.
 _OPENAI = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
