@@ -345,7 +345,7 @@ def test_train_argument_and_curriculum_state_in_checkpoints(tmp_path):
     with pytest.raises(SystemExit):
         parser.parse_args(["dit_t_uw_k5", "--timestep-sampler", "lognormal"])
     options = {"timestep_sampler_options": {"patience": 1, "smoothing": 0.0, "min_delta": 0.5}}
-    settings = {"model": "dit_t_uw_k5", "timestep_sampler": "curriculum", "overrides": {**TINY, **options}}
+    settings = {"model": "dit_t_k5", "timestep_sampler": "curriculum", "overrides": {**TINY, **options}}
     whole = Trainer(tiny_config(tmp_path, steps=6, out=str(tmp_path / "whole"), **settings))
     assert "--timestep-sampler curriculum" in whole.config.to_command()
     whole.fit()
@@ -363,7 +363,7 @@ def test_train_argument_and_curriculum_state_in_checkpoints(tmp_path):
     # resuming with another sampler is another model config: refused
     with pytest.raises(ValueError, match="timestep_sampler"):
         Trainer(
-            tiny_config(tmp_path, steps=8, out=str(tmp_path / "split"), resume=True, model="dit_t_uw_k5")
+            tiny_config(tmp_path, steps=8, out=str(tmp_path / "split"), resume=True, model="dit_t_k5")
         ).fit()
 
 
@@ -376,6 +376,11 @@ def test_trainer_refuses_unequal_counts_with_several_processes(tmp_path):
         Trainer(
             TrainConfig("dit_t_nash_k5", out=str(tmp_path / "x"), timestep_sampler="uniform"), model=model
         )
+    # FAMO weights a cluster by 1 / (loss + eps): an empty cluster would take all the weight
+    with pytest.raises(ValueError, match="FAMO weights a cluster"):
+        Trainer(tiny_config(tmp_path, model="dit_t_famo_k5", timestep_sampler="curriculum"))
+    with pytest.warns(UserWarning, match="empty cluster's log-variance"):
+        Trainer(tiny_config(tmp_path, model="dit_t_uw_k5", timestep_sampler="uniform"))
     # what passes: equal counts (curriculum) with any balancer, or unequal ones with linear weighting
     for recipe, sampler in (("dit_t_nash_k5", "curriculum"), ("dit_t_k5", "uniform")):
         trainer = Trainer(tiny_config(tmp_path, model=recipe, timestep_sampler=sampler))

@@ -380,6 +380,19 @@ class Trainer:
                 f"{self.context.world_size} processes, and the {balancer!r} balancer needs equal counts "
                 "(mtl/base.py): use 'stratified' or 'curriculum', linear weighting, or one process"
             )
+        if sampler.allow_empty and balancer == "famo":  # an empty cluster's 0 loss gets FAMO's 1/(L + eps)
+            raise ValueError(
+                f"timestep sampler {sampler.name!r} can leave clusters without samples, and FAMO weights a "
+                "cluster by 1 / (its loss + eps): an empty one (loss 0) takes nearly all the weight and the "
+                "others get none; use 'stratified' with FAMO"
+            )
+        if sampler.allow_empty and balancer == "uw":
+            warnings.warn(
+                f"timestep sampler {sampler.name!r} with UW: an empty cluster's log-variance gets the "
+                "gradient 0.5 of its 0 loss, so it falls about lr per step while the cluster gets no samples "
+                "(a curriculum's locked clusters) and that cluster weighs more when it gets samples again",
+                stacklevel=3,
+            )
 
     def _warm_start(self) -> int:
         """Warm start of pretrained weights: the balancer at linear weighting, the masks from all ones.
