@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from zoo import clustering, models
+from zoo.clustering import DEFAULT_SAMPLER
 from zoo.registry import ROUTING_ALIASES, ModelName, UnknownModelError, backbone_spec, parse_name
 
 CONFIG_VERSION = 1
@@ -24,6 +25,8 @@ ROUTING_OVERRIDES = {"beta", "alpha", "variant", "routing_seed"}
 DIFFUSION_OVERRIDES = {"schedule", "num_timesteps", "normal_cdf"}
 #: other recognised overrides
 OTHER_OVERRIDES = {"affinity", "mtl_options", "weighting_options", "vae", "data"}
+#: overrides that name the timestep sampler (clustering/samplers.py) and its options
+SAMPLER_OVERRIDES = {"timestep_sampler", "timestep_sampler_options"}
 
 
 def arch_class(arch: str) -> type[nn.Module]:
@@ -50,6 +53,7 @@ def config_from_name(name: str | ModelName, **overrides: Any) -> dict[str, Any]:
     spec = backbone_spec(parsed.backbone)
     arch_args = arch_arguments(spec["arch"])
     known = arch_args | ROUTING_OVERRIDES | DIFFUSION_OVERRIDES | OTHER_OVERRIDES | {"learn_sigma"}
+    known |= SAMPLER_OVERRIDES
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TypeError(f"unknown override(s) {unknown} for {parsed.full_name!r}; valid: {sorted(known)}")
@@ -96,6 +100,10 @@ def config_from_name(name: str | ModelName, **overrides: Any) -> dict[str, Any]:
     weighting = None
     if parsed.weighting:
         weighting = {"name": parsed.weighting, **dict(overrides.get("weighting_options") or {})}
+    sampler = {"name": overrides.get("timestep_sampler") or DEFAULT_SAMPLER}
+    sampler.update(overrides.get("timestep_sampler_options") or {})
+    # written only when it is not the default (stratified, no options): other configs stay as they were
+    sampler = {"timestep_sampler": sampler} if sampler != {"name": DEFAULT_SAMPLER} else {}
     return {
         "config_version": CONFIG_VERSION,
         "name": parsed.arch_name,
@@ -105,6 +113,7 @@ def config_from_name(name: str | ModelName, **overrides: Any) -> dict[str, Any]:
         "clustering": clustering,
         "mtl": mtl_cfg,
         "weighting": weighting,
+        **sampler,
         "vae": overrides.get("vae"),
         "data": overrides.get("data"),
         "_affinity": overrides.get("affinity"),

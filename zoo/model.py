@@ -112,6 +112,15 @@ class DiffusionModel(nn.Module):
                 f"clustering part (k={ccfg.get('k')}, objective={ccfg.get('objective')!r}): {exc}"
             ) from exc
         config["clustering"] = self.clusters.to_dict()
+        scfg = dict(config.get("timestep_sampler") or {"name": clustering.DEFAULT_SAMPLER})
+        sname = scfg.pop("name", None)
+        try:  # the timestep sampler slot (clustering/samplers.py): stratified unless the config names another
+            self.timestep_sampler = clustering.build_sampler(sname, self.clusters, **scfg)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"timestep sampler {sname!r}: {exc}") from exc
+        config.pop("timestep_sampler", None)  # the default is not written: configs without it are unchanged
+        if sname != clustering.DEFAULT_SAMPLER:
+            config["timestep_sampler"] = {"name": sname, **_jsonable(self.timestep_sampler.config())}
         mcfg = dict(config["mtl"])
         mname = mcfg.pop("name")
         mcfg.pop("k", None)
@@ -167,7 +176,7 @@ class DiffusionModel(nn.Module):
         """
         batch = x0.shape[0]
         if t is None:
-            t = self.clusters.sample_timesteps(batch, generator=generator, device=x0.device)
+            t = self.timestep_sampler(batch, generator=generator, device=x0.device)
         else:
             self.diffusion._check_timesteps(t, batch)
         if noise is None:
@@ -191,7 +200,9 @@ class DiffusionModel(nn.Module):
                 per_sample = self.weighting(
                     per_sample, t, self.diffusion.snr.to(x0.device), prediction=self.diffusion.prediction
                 )
-            cluster_losses = self.clusters.reduce(per_sample, t, check_timesteps=False)
+            cluster_losses = self.clusters.reduce(
+                per_sample, t, self.timestep_sampler.allow_empty, check_timesteps=False
+            )
         return LossOutput(
             cluster_losses.mean(),
             cluster_losses,

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from zoo import clustering as _clustering
 from zoo import models
 from zoo.config import CONFIG_VERSION, arch_arguments, config_from_name
 
@@ -141,6 +142,9 @@ def validate_config(config: Any, source: str) -> dict[str, Any]:
         section = _section(config, key, source, optional=True)
         if section is not None:
             _named(section, key, source)
+    sampler = _section(config, "timestep_sampler", source, optional=True)
+    if sampler is not None:
+        check_timestep_sampler(sampler, source, k, steps)
     vae = _section(config, "vae", source, optional=True)
     if vae is not None and not isinstance(vae.get("repo"), str):
         _fail(source, "vae.repo", "a string (a diffusers AutoencoderKL id or path)", vae.get("repo"))
@@ -159,6 +163,23 @@ def validate_config(config: Any, source: str) -> dict[str, Any]:
                 kwargs["out_channels"],
             )
     return config
+
+
+def check_timestep_sampler(section: dict, source: str, k: int, steps: int) -> None:
+    """The `timestep_sampler` section ({"name": ..., **options}; absent = stratified): a registered name
+    whose options build a sampler over K clusters of the T tasks (K even intervals stand in for the
+    clustering, which the options may depend on only through K)."""
+    _named(section, "timestep_sampler", source)
+    name = section["name"]
+    if name not in _clustering.list_samplers():
+        _fail(source, "timestep_sampler.name", f"one of {_clustering.list_samplers()}", name)
+    bounds = [round(i * steps / k) for i in range(k + 1)]
+    stand_in = _clustering.TaskClusters([(bounds[i], bounds[i + 1] - 1) for i in range(k)], steps)
+    options = {key: value for key, value in section.items() if key != "name"}
+    try:
+        _clustering.build_sampler(name, stand_in, **options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{source}: timestep_sampler ({name!r}, options {options}): {error}") from None
 
 
 def check_weights(state_dict: Any, source: str, expected: dict[str, torch.Tensor] | None = None) -> None:

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import zoo
+from zoo.clustering import list_samplers
 from zoo.data import DataOrder, SeededBatchSampler, load_dataset
 from zoo.data.images import save_grid
 from zoo.hub.cards import pretrained_lineage
@@ -135,6 +136,7 @@ class TrainConfig:
     routing_warmup: int | None = None
     image_size: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    timestep_sampler: str | None = None  # None: the recipe's (stratified unless its config names another)
     sample_every: int = 0
     sample_n: int = 64
     sample_steps: int = 250
@@ -260,6 +262,8 @@ class Trainer:
             overrides = {**model_overrides_for(self.dataset), **config.overrides}
             if config.grad_checkpointing:
                 overrides["grad_checkpointing"] = True
+            if config.timestep_sampler is not None:
+                overrides["timestep_sampler"] = config.timestep_sampler
             with warnings.catch_warnings():  # the warm start below is what that warning asks for
                 warnings.filterwarnings(
                     "ignore", message=".*these weights were trained (with|without) routing"
@@ -284,6 +288,7 @@ class Trainer:
                 "parameters: GradScaler unscales FSDP-sharded and ordinary gradients in one kernel; use "
                 "--precision bf16 (FSDP mixed precision) or fp32"
             )
+        self._check_timestep_sampler()
         self.routing_warmup = self._warm_start()
         broadcast_module(self.model)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -354,6 +359,39 @@ class Trainer:
                 f"--sample-steps {self.config.sample_steps}: the model's {num_timesteps}-step process cannot "
                 f"be respaced to it ({error}); expected 1..{num_timesteps}"
             ) from None
+
+    def _check_timestep_sampler(self) -> None:
+        """The sampler asked for is the model's; with several processes, the balancer gets what it needs.
+
+        The balancers (mtl/base.py) compute the weights of the union batch when every process holds
+        the same number of samples of each cluster: samplers without `equal_counts` (uniform, lognorm)
+        are refused with several processes, except with linear weighting, whose fixed 1/K weights
+        assume nothing about the counts.
+        """
+        sampler = self.model.timestep_sampler
+        wanted = self.config.timestep_sampler
+        if wanted is not None and wanted != sampler.name:
+            raise ValueError(f"--timestep-sampler {wanted}: the model given samples with {sampler.name!r}")
+        balancer = self.model.balancer.name
+        if self.context.world_size > 1 and not sampler.equal_counts and balancer != "linear":
+            raise ValueError(
+                f"timestep sampler {sampler.name!r} draws different cluster counts on each of the "
+                f"{self.context.world_size} processes, and the {balancer!r} balancer needs equal counts "
+                "(mtl/base.py): use 'stratified' or 'curriculum', linear weighting, or one process"
+            )
+        if sampler.allow_empty and balancer == "famo":  # an empty cluster's 0 loss gets FAMO's 1/(L + eps)
+            raise ValueError(
+                f"timestep sampler {sampler.name!r} can leave clusters without samples, and FAMO weights a "
+                "cluster by 1 / (its loss + eps): an empty one (loss 0) takes nearly all the weight and the "
+                "others get none; use 'stratified' with FAMO"
+            )
+        if sampler.allow_empty and balancer == "uw":
+            warnings.warn(
+                f"timestep sampler {sampler.name!r} with UW: an empty cluster's log-variance gets the "
+                "gradient 0.5 of its 0 loss, so it falls about lr per step while the cluster gets no samples "
+                "(a curriculum's locked clusters) and that cluster weighs more when it gets samples again",
+                stacklevel=3,
+            )
 
     def _warm_start(self) -> int:
         """Warm start of pretrained weights: the balancer at linear weighting, the masks from all ones.
@@ -554,6 +592,7 @@ class Trainer:
             "net": net,
             "ema": ema,
             "balancer": self.model.balancer.state_dict(),
+            "timestep_sampler": json.dumps(self.model.timestep_sampler.state_dict()),
             "optimizer": optimizer,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "data_order": {"epoch": self.data_order.epoch, "position": self.data_order.position},
@@ -596,6 +635,7 @@ class Trainer:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base  # the requested lr, not the stored one (set per step by _set_lr)
         self.model.balancer.load_state_dict(state["balancer"])
+        self.model.timestep_sampler.load_state_dict(json.loads(state.get("timestep_sampler", "{}")))
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -883,6 +923,8 @@ class Trainer:
             while self.step < config.steps:
                 x0, y = next(batches)
                 logs = self.train_step(x0, y)
+                if not logs["skipped"]:  # the curriculum's pacing reads the step's (process-averaged) losses
+                    logs.update(self.model.timestep_sampler.after_step(logs["cluster_losses"]) or {})
                 self.data_order = self.sampler.advance(self.data_order)
                 self.step += 1
                 self._apply_routing_warmup()
@@ -1086,6 +1128,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     parser.add_argument("--image-size", type=int, default=None, help="image side for imagefolder data")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="model override")
+    parser.add_argument(
+        "--timestep-sampler",
+        choices=list_samplers(),
+        default=d.timestep_sampler,
+        help="which timesteps a batch draws (default: the recipe's, stratified); options: "
+        "--set timestep_sampler_options={...}",
+    )
     parser.add_argument(
         "--sample-every", type=int, default=d.sample_every, help="EMA grid every N steps (0: end)"
     )
