@@ -1,7 +1,6 @@
 """The shipped digits models, the leaderboard's protocol bookkeeping and the demo."""
 
 import json
-import math
 import statistics
 
 import numpy as np
@@ -58,7 +57,9 @@ def test_leaderboard_writes_json_and_markdown_with_protocols(tmp_path):
     )
     assert protocol["extractor"] == "digits_classifier" and len(protocol["extractor_sha256"]) == 64
     assert protocol["reference"].startswith("digits:test")
-    assert 0.0 <= row["precision"] <= 1.0 and 1.0 <= row["inception_score"] <= 10.0 and row["fid"] > 0
+    # metrics on the classifier's features are named so (issue 19)
+    assert 0.0 <= row["precision_classifier"] <= 1.0 and 1.0 <= row["inception_score_classifier"] <= 10.0
+    assert row["fid_classifier"] > 0 and "fid" not in row
     assert (tmp_path / f"samples_{name}.png").is_file()
     markdown = (tmp_path / "leaderboard_test.md").read_text()
     assert name in markdown
@@ -79,7 +80,7 @@ def test_seed_summary_is_the_mean_and_sample_std_at_each_recipes_last_step():
     assert summary["a"]["step"] == 20 and summary["a"]["seeds"] == [0, 1, 2]
     assert summary["a"]["fid_mean"] == pytest.approx(21.0)
     assert summary["a"]["fid_std"] == pytest.approx(statistics.stdev([20.0, 21.0, 22.0]))
-    assert math.isnan(summary["b"]["fid_std"])
+    assert summary["b"]["fid_std"] is None and summary["b"]["fid_ci95"] is None  # one seed: no spread
 
 
 def test_settings_reject_unknown_data_and_tiny_sample_counts():

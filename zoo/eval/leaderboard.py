@@ -24,6 +24,7 @@ from zoo.card import render_card
 from zoo.data import load_dataset
 from zoo.data.images import ensure_writable, save_grid, save_npz
 from zoo.eval import metrics as evaluate
+from zoo.eval import record, stats
 from zoo.eval.classifier import load_classifier
 from zoo.hub import PACKAGE_WEIGHTS, create, get_pretrained_cfg, list_pretrained
 from zoo.hub.cards import shipped_card
@@ -127,7 +128,8 @@ class Evaluator:
             seed=self.settings.seed,
             training_step=training_step,
         )
-        return {"model": name, **metrics, "protocol": protocol.to_dict()}
+        extra = record.protocol_record(self.settings, model, len(self.reference))
+        return {"model": name, **metrics, "protocol": {**protocol.to_dict(), **extra}}
 
 
 def shipped_names(data: str, pattern: str) -> list[str]:
@@ -175,7 +177,9 @@ def evaluate_runs(evaluator: Evaluator, runs: Path, pattern: str) -> list[dict[s
 
 
 def summarize_seeds(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and spread (sample std) over seeds of every metric at each recipe's last step."""
+    """Mean, sample std and t-based 95 % interval over seeds of every metric at each recipe's last step.
+
+    One seed has no spread: its std and interval are None (never NaN)."""
     last: dict[str, int] = {}
     for row in curves:
         last[row["recipe"]] = max(last.get(row["recipe"], 0), row["step"])
@@ -191,9 +195,14 @@ def summarize_seeds(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seeds": sorted(r["seed"] for r in rows),
         }
         for metric in METRIC_COLUMNS:
-            values = [r[metric] for r in rows if metric in r]
-            entry[f"{metric}_mean"] = statistics.fmean(values)
-            entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else float("nan")
+            values = [record.column(r, metric) for r in rows]
+            values = [v for v in values if v is not None]
+            if not values:
+                continue
+            key = record.feature_key(metric) if record.feature_key(metric) in rows[0] else metric
+            result = stats.summarize(values)
+            entry[f"{key}_mean"], entry[f"{key}_std"] = result.mean, result.std
+            entry[f"{key}_ci95"] = None if result.std is None else [result.ci_low, result.ci_high]
         summary.append(entry)
     return summary
 
@@ -203,57 +212,107 @@ def format_rows(rows: list[dict[str, Any]], header: bool = True) -> str:
     shown = [r for r in rows if evaluate.has_protocol(r)]
     lines = [f"{'model':<24} " + " ".join(f"{c[:9]:>9}" for c in METRIC_COLUMNS)] if header else []
     for row in shown:
+        values = [record.column(row, c) for c in METRIC_COLUMNS]
         lines.append(
-            f"{row['model']:<24} " + " ".join(f"{row.get(c, float('nan')):>9.4f}" for c in METRIC_COLUMNS)
+            f"{row['model']:<24} " + " ".join(f"{float('nan') if v is None else v:>9.4f}" for v in values)
         )
     return "\n".join(lines)
 
 
+#: protocol keys that differ per row (the shared protocol line leaves them out)
+PER_ROW_PROTOCOL = ("model", "weights_sha256", "training_step")
+
+
 def render_markdown(payload: dict[str, Any]) -> str:
-    """The leaderboard page: the table of shipped models, the seed summary, and the protocol."""
+    """The leaderboard page: the table of shipped models, the seed summary, the tests against plain
+    training, and the protocol. Metric columns on the classifier's features are named so."""
     rows = [r for r in payload["results"] if evaluate.has_protocol(r)]
     lines = [f"# Leaderboard: {payload['settings']['data']}", ""]
     if rows:
         protocol = rows[0]["protocol"]
         lines += [
-            "Protocol: "
-            + ", ".join(
-                f"{k}={v}"
-                for k, v in protocol.items()
-                if k not in ("model", "weights_sha256", "training_step")
-            ),
+            "Protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items() if k not in PER_ROW_PROTOCOL),
             "",
         ]
+    names = [record.feature_key(c) for c in METRIC_COLUMNS]
     lines += [
-        "| model | " + " | ".join(METRIC_COLUMNS) + " | weights sha256 |",
+        "| model | " + " | ".join(names) + " | weights sha256 |",
         "|---" * (len(METRIC_COLUMNS) + 2) + "|",
     ]
-    for row in sorted(rows, key=lambda r: r["fid"]):
-        cells = " | ".join(f"{row[c]:.4f}" if c in row else "" for c in METRIC_COLUMNS)
+    for row in sorted(rows, key=lambda r: record.column(r, "fid")):
+        values = [record.column(row, c) for c in METRIC_COLUMNS]
+        cells = " | ".join("" if v is None else f"{v:.4f}" for v in values)
         lines.append(f"| {row['model']} | {cells} | `{row['protocol']['weights_sha256'][:12]}` |")
-    if payload.get("seed_summary"):
+    summary = summarize_seeds(payload["curves"]) if payload.get("curves") else payload.get("seed_summary")
+    if summary:
+        shown = ("fid", "kid", "precision", "recall", "class_accuracy")
         lines += [
             "",
-            "## Mean and spread over seeds (training-run checkpoints, last step)",
+            "## Mean ± std over seeds (training-run checkpoints, last step; one seed: no spread)",
             "",
-            "| recipe | step | seeds | FID | KID | precision | recall | class acc |",
-            "|---" * 8 + "|",
+            "| recipe | step | seeds | "
+            + " | ".join(record.feature_key(m) for m in shown)
+            + " | FID 95 % CI |",
+            "|---" * (len(shown) + 4) + "|",
         ]
-        for entry in sorted(payload["seed_summary"], key=lambda e: e["fid_mean"]):
 
-            def cell(metric: str, entry: dict[str, Any] = entry) -> str:
-                return f"{entry[metric + '_mean']:.4f} ± {entry[metric + '_std']:.4f}"
+        def key(entry: dict[str, Any], metric: str) -> str:
+            return record.feature_key(metric) if f"{record.feature_key(metric)}_mean" in entry else metric
 
+        for entry in sorted(summary, key=lambda e: e[f"{key(e, 'fid')}_mean"]):
+            cells = [
+                record.format_value(entry.get(f"{key(entry, m)}_mean"), entry.get(f"{key(entry, m)}_std"))
+                for m in shown
+            ]
+            ci = entry.get(f"{key(entry, 'fid')}_ci95")
+            interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             lines.append(
-                f"| {entry['recipe']} | {entry['step']} | {len(entry['seeds'])} | {cell('fid')} | "
-                f"{cell('kid')} | {cell('precision')} | {cell('recall')} | {cell('class_accuracy')} |"
+                f"| {entry['recipe']} | {entry['step']} | {len(entry['seeds'])} | "
+                + " | ".join(cells)
+                + f" | {interval} |"
+            )
+    tests = record.comparisons(payload["curves"]) if payload.get("curves") else []
+    if tests:
+        lines += [
+            "",
+            "## Against plain training (paired by seed; 'better' needs p < 0.05 and a difference > 1 std)",
+            "",
+            "| recipe | metric | difference of means | paired p | Welch p | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for test in tests:
+            lines.append(
+                f"| {test['recipe']} | {test['metric']} | {test['difference']:+.4f} | "
+                f"{_p(test['paired_p'])} | {_p(test['welch_p'])} | {test['verdict']} |"
             )
     lines.append("")
     return "\n".join(lines)
 
 
-def plot_curves(curves: list[dict[str, Any]], path: Path, data: str = "digits") -> Path:
-    """FID against training step, one line per recipe (mean over seeds, band = min..max)."""
+def _p(p: float | None) -> str:
+    return "" if p is None else f"{p:.3g}"
+
+
+#: line colours (tab10 and two more) and markers: recipe i gets colour i and marker i, distinct up to 12
+PLOT_COLOURS = (
+    *("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"),
+    *("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#b8860b"),
+)
+PLOT_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p", "d")
+
+
+def recipe_styles(recipes: list[str]) -> dict[str, tuple[str, str]]:
+    """(colour, marker) per recipe, in sorted order: both differ between any two of the first 12."""
+    return {
+        recipe: (PLOT_COLOURS[i % len(PLOT_COLOURS)], PLOT_MARKERS[i % len(PLOT_MARKERS)])
+        for i, recipe in enumerate(sorted(recipes))
+    }
+
+
+def plot_curves(curves: list[dict[str, Any]], path: Path | Any, data: str = "digits") -> Path | Any:
+    """FID against training step, one line per recipe (mean over seeds, band = min..max).
+
+    Each recipe has its own colour and marker (recipe_styles); `path` may also be a binary file object."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -261,14 +320,20 @@ def plot_curves(curves: list[dict[str, Any]], path: Path, data: str = "digits") 
 
     by_recipe: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in curves:
-        by_recipe[row["recipe"]][row["step"]].append(row["fid"])
+        by_recipe[row["recipe"]][row["step"]].append(record.column(row, "fid"))
+    styles = recipe_styles(list(by_recipe))
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for recipe, per_step in sorted(by_recipe.items()):
         steps = sorted(per_step)
         means = [statistics.fmean(per_step[s]) for s in steps]
-        axis.plot(steps, means, marker="o", label=recipe)
+        colour, marker = styles[recipe]
+        axis.plot(steps, means, color=colour, marker=marker, markersize=5, label=recipe)
         axis.fill_between(
-            steps, [min(per_step[s]) for s in steps], [max(per_step[s]) for s in steps], alpha=0.12
+            steps,
+            [min(per_step[s]) for s in steps],
+            [max(per_step[s]) for s in steps],
+            color=colour,
+            alpha=0.10,
         )
     axis.set_xlabel("training step")
     axis.set_ylabel(f"FID ({data} classifier features)")
@@ -276,8 +341,10 @@ def plot_curves(curves: list[dict[str, Any]], path: Path, data: str = "digits") 
     axis.legend(fontsize=7, ncol=2)
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    if isinstance(path, (str, Path)):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, format="png")
     plt.close(figure)
     return path
 
@@ -290,8 +357,10 @@ def run_leaderboard(
     names: list[str] | None = None,
     tag: str | None = None,
     npz_dir: Path | None = None,
+    html: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate the shipped models (and, with `runs`, every training checkpoint); write JSON, MD and PNGs."""
+    """Evaluate the shipped models (and, with `runs`, every training checkpoint); write JSON, MD and PNGs
+    (and, with `html`, the self-contained page of zoo.eval.html)."""
     names = shipped_names(settings.data, settings.models) if names is None else names
     if not names:
         raise FileNotFoundError(
@@ -303,17 +372,23 @@ def run_leaderboard(
     evaluator = Evaluator(settings, npz_dir=npz_dir)
     payload: dict[str, Any] = {
         "settings": settings.__dict__,
-        "results": evaluate_shipped(evaluator, names, out),
+        "results": [record.feature_named(r) for r in evaluate_shipped(evaluator, names, out)],
     }
     if runs is not None:
         curve_settings = LeaderboardSettings(**{**settings.__dict__, "samples": curve_samples, "models": "*"})
         curve_evaluator = Evaluator(curve_settings)
-        payload["curves"] = evaluate_runs(curve_evaluator, Path(runs), settings.models.split(".")[0])
+        curves = evaluate_runs(curve_evaluator, Path(runs), settings.models.split(".")[0])
+        payload["curves"] = [record.feature_named(r) for r in curves]
         payload["seed_summary"] = summarize_seeds(payload["curves"])
+        payload["comparisons"] = record.comparisons(payload["curves"])
         plot_curves(payload["curves"], out / f"{stem}_fid_vs_step.png", settings.data)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (out / f"{stem}.md").write_text(render_markdown(payload))
+    if html:
+        from zoo.eval.html import write_page
+
+        write_page(payload, out / f"{stem}.html", assets=out)
     return payload
 
 
@@ -326,7 +401,8 @@ def write_cards(payload: dict[str, Any]) -> None:
     manifest = json.loads(SHIPPED_MANIFEST.read_text())
     for row in payload["results"]:
         entry = manifest[row["model"]]
-        entry["results"] = {m: round(row[m], 5) for m in METRIC_COLUMNS if m in row}
+        values = {m: record.column(row, m) for m in METRIC_COLUMNS}
+        entry["results"] = {m: round(v, 5) for m, v in values.items() if v is not None}
         entry["evaluation"] = row["protocol"]
     SHIPPED_MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
     write_shipped_cards([row["model"] for row in payload["results"]])
@@ -372,11 +448,24 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
         "--npz", default=None, help="also save each model's samples as NPZ for the ADM evaluator"
     )
     parser.add_argument("--write-cards", action="store_true", help="record the results in the shipped cards")
+    parser.add_argument(
+        "--html", action="store_true", help="also write the self-contained web page (leaderboard_<data>.html)"
+    )
+    parser.add_argument(
+        "--from-json",
+        default=None,
+        metavar="JSON",
+        help="render the page (--html) from an existing leaderboard JSON and the PNGs beside it; samples nothing",
+    )
     return parser
 
 
 def main_from_args(args: argparse.Namespace) -> int:
 
+    if args.from_json:
+        from zoo.eval.html import main_from_json
+
+        return main_from_json(args)
     ensure_writable(args.out, directory=True)  # refused before any model is sampled
     if args.npz:
         ensure_writable(args.npz, directory=True)
@@ -396,6 +485,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         runs=Path(args.runs) if args.runs else None,
         curve_samples=args.curve_samples,
         npz_dir=Path(args.npz) if args.npz else None,
+        html=args.html,
     )
     if args.write_cards:
         write_cards(payload)
