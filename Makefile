@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml requirements-nodeps.txt
 	$(PY) -m pip install --quiet -e ".[data,dev]"
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	# headless Chromium + chromedriver (Debian) for the browser test of the leaderboard page
-	(command -v chromium && command -v chromedriver) >/dev/null || (apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+	(command -v chromium && command -v chromedriver) >/dev/null || { \
+		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); $$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
 	touch $(STAMP)
 
 install: $(STAMP)
