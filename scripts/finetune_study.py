@@ -274,12 +274,12 @@ def report() -> Path:
     import matplotlib.pyplot as plt
 
     payload = {"script": "scripts/finetune_study.py", "data": {}}
-    figure, axes = plt.subplots(1, len(STUDY), figsize=(6 * len(STUDY), 4.2), dpi=110, squeeze=False)
+    figure, axes = plt.subplots(1, len(STUDY), figsize=(6 * len(STUDY), 5.0), dpi=110, squeeze=False)
     colours = {"warm": "tab:green", "scratch": "tab:red", "plain": "tab:blue", "naive": "tab:orange"}
     labels = {
-        "warm": "(a) warm start (routed)",
-        "scratch": "(b) routed from scratch",
-        "plain": "(c) plain continued",
+        "warm": "(a) warm start (routed), mean ± 1 std over seeds",
+        "scratch": "(b) routed from scratch, mean ± 1 std",
+        "plain": "(c) plain continued, mean ± 1 std",
         "naive": "masks from step 0 (no warm start)",
     }
     for ax, data in zip(axes[0], STUDY):
@@ -311,7 +311,7 @@ def report() -> Path:
             zorder=5,
             label="recipe's masks on the base weights (step 0, no warm start)",
         )
-        ax.axhline(result["step0"]["fid_base"], color="grey", linestyle="--", label=f"base {result['base']}")
+        ax.axhline(result["step0"]["fid_base"], color="grey", linestyle="--", label="base weights (step 0)")
         ax.axvline(result["steps"] // 2, color="grey", linestyle=":", label="warm-up ends (N = steps / 2)")
         ax.set_yscale("log")
         ax.set_xlabel("finetuning step")
@@ -320,8 +320,9 @@ def report() -> Path:
         ax.set_title(
             f"{data}: {result['routed']} from {result['base']}\nseeds per arm: {counts}", fontsize=10
         )
-        ax.legend(fontsize=7)
-    figure.tight_layout()
+    handles, names = axes[0][0].get_legend_handles_labels()  # the same entries in every panel
+    figure.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     plot = RESULTS / "finetune_fid_vs_step.png"
     figure.savefig(plot)
     payload["plot"] = f"benchmarks/results/{plot.name}"
