@@ -58,6 +58,7 @@ ENTRY_POINT = "zoo/__main__.py"  # `python -m zoo` is the `zoo` console script: 
 LAZY_OK = {
     "diffusers": "optional extra (VAE decoding, conversion)",
     "xformers": "optional extra (memory-efficient attention)",
+    "selenium": "dev extra: only the headless-browser check and the screenshot of the leaderboard page",
     "sklearn": "optional extra `data` (digits)",
     "torch_fidelity": "optional (FID cross-check)",
     "scipy": "optional (FID cross-check)",

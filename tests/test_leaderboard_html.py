@@ -178,7 +178,7 @@ def test_protocol_record_holds_every_setting_and_the_code_version():
 def test_the_run_writes_the_page_and_the_full_record(tmp_path):
     name = "dit_t.digits"
     settings = leaderboard.LeaderboardSettings(samples=20, steps=2, kid_subsets=3)
-    leaderboard.run_leaderboard(settings, out=tmp_path, names=[name], tag="t", html=True)
+    leaderboard.run_leaderboard(settings, out=tmp_path, names=[name], tag="t", page_writer=html.write_page)
     (row,) = json.loads((tmp_path / "leaderboard_t.json").read_text())["results"]
     assert set(html.EXPECTED_PROTOCOL) - {"sampler"} <= set(row["protocol"])
     assert row["protocol"]["kid_subset_size"] == 20 and "fid_classifier" in row

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from zoo.eval.html import main_from_json, write_page
 from zoo.eval.leaderboard import add_leaderboard_arguments, main_from_args
 
 HELP = "evaluate shipped models"
@@ -14,4 +15,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return main_from_args(args) or 0
+    if args.from_json:  # the page of an existing JSON: nothing is sampled
+        return main_from_json(args)
+    return main_from_args(args, page_writer=write_page if args.html else None) or 0

@@ -29,7 +29,9 @@ from typing import Any
 
 from zoo.eval import metrics as evaluate
 from zoo.eval import record
+from zoo.eval.leaderboard import DEFAULT_OUT, plot_curves, summarize_seeds
 from zoo.eval.metrics import KID_SUBSET_SIZE
+from zoo.hub import PACKAGE_WEIGHTS
 
 #: the model-table columns: (metric, header, lower is better)
 TABLE_METRICS = (
@@ -148,8 +150,6 @@ def _p(value: float | None) -> str:
 
 def card_link(name: str, page_dir: Path) -> str | None:
     """The relative link from the page's folder to a shipped model's card, when the card exists."""
-    from zoo.hub import PACKAGE_WEIGHTS
-
     card = PACKAGE_WEIGHTS / name / "README.md"
     if not card.is_file():
         return None
@@ -166,8 +166,6 @@ def _recipe(model: str) -> str:
 def _curve_plot(payload: dict[str, Any], assets: Path | None) -> bytes | None:
     """FID against training step: drawn from the JSON's curves (or the PNG beside it)."""
     if payload.get("curves"):
-        from zoo.eval.leaderboard import plot_curves
-
         buffer = io.BytesIO()
         plot_curves(payload["curves"], buffer, payload["settings"]["data"])
         return buffer.getvalue()
@@ -358,8 +356,6 @@ def render_page(
 ) -> str:
     """The page as one HTML string. `assets`: the folder holding samples_<model>.png (and solvers*.png);
     `page_dir`: where the page will live (for the relative card links)."""
-    from zoo.eval.leaderboard import summarize_seeds
-
     assets = Path(assets) if assets is not None else None
     page_dir = Path(page_dir) if page_dir is not None else (assets or Path.cwd())
     data = payload["settings"]["data"]
@@ -457,8 +453,6 @@ def page_from_json(json_path: Path, out: Path | None = None) -> Path:
 
 def main_from_json(args: argparse.Namespace) -> int:
     """`zoo leaderboard --html --from-json JSON [--out DIR]`."""
-    from zoo.eval.leaderboard import DEFAULT_OUT
-
     if not args.html:
         raise SystemExit("--from-json renders the web page: add --html")
     out = None if Path(args.out) == DEFAULT_OUT else Path(args.out)
@@ -486,7 +480,7 @@ def headless_chromium(width: int = 1280, height: int = 900):
             "run `make install`, the project's set-up installs them"
         )
     os.environ.setdefault("SE_OFFLINE", "true")  # selenium never looks for a driver online
-    from selenium import webdriver
+    from selenium import webdriver  # the dev extra: only the browser check and the screenshot need it
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

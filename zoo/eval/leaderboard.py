@@ -13,6 +13,7 @@ import json
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -357,10 +358,10 @@ def run_leaderboard(
     names: list[str] | None = None,
     tag: str | None = None,
     npz_dir: Path | None = None,
-    html: bool = False,
+    page_writer: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the shipped models (and, with `runs`, every training checkpoint); write JSON, MD and PNGs
-    (and, with `html`, the self-contained page of zoo.eval.html)."""
+    (and, with `page_writer`, e.g. zoo.eval.html.write_page, the self-contained web page)."""
     names = shipped_names(settings.data, settings.models) if names is None else names
     if not names:
         raise FileNotFoundError(
@@ -385,10 +386,8 @@ def run_leaderboard(
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (out / f"{stem}.md").write_text(render_markdown(payload))
-    if html:
-        from zoo.eval.html import write_page
-
-        write_page(payload, out / f"{stem}.html", assets=out)
+    if page_writer is not None:
+        page_writer(payload, out / f"{stem}.html", assets=out)
     return payload
 
 
@@ -460,12 +459,8 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     return parser
 
 
-def main_from_args(args: argparse.Namespace) -> int:
-
-    if args.from_json:
-        from zoo.eval.html import main_from_json
-
-        return main_from_json(args)
+def main_from_args(args: argparse.Namespace, page_writer: Callable[..., Any] | None = None) -> int:
+    """`zoo leaderboard` (the CLI passes zoo.eval.html.write_page as `page_writer` for --html)."""
     ensure_writable(args.out, directory=True)  # refused before any model is sampled
     if args.npz:
         ensure_writable(args.npz, directory=True)
@@ -485,7 +480,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         runs=Path(args.runs) if args.runs else None,
         curve_samples=args.curve_samples,
         npz_dir=Path(args.npz) if args.npz else None,
-        html=args.html,
+        page_writer=page_writer,
     )
     if args.write_cards:
         write_cards(payload)

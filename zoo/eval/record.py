@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import zoo
 from zoo.eval import stats
 from zoo.eval.metrics import KID_SUBSET_SIZE
 
@@ -62,7 +63,7 @@ def code_version() -> dict[str, str]:
     try:
         version = metadata.version(_PACKAGE)
     except metadata.PackageNotFoundError:
-        from zoo import __version__ as version
+        version = zoo.__version__
     commit, dirty = "unknown", None
     try:
         top = subprocess.run(
