@@ -14,6 +14,7 @@ import torch
 from zoo.models.adm import ADM_CONFIGS, ADMUNet, adm_config
 
 from benchmarks.common import format_table, interleaved_timings, report
+from zoo import routing
 
 RELEASED_ADM_64_PARAMETERS = 295_904_454
 
@@ -40,7 +41,6 @@ def parameter_rows() -> list[dict[str, Any]]:
 
 def routing_overhead(name: str, batch: int, repeats: int, device: torch.device) -> dict[str, Any]:
     """Median training-step time with and without a DTR router (beta 0.8), and their ratio."""
-    from zoo import routing
 
     torch.manual_seed(0)
     net = ADMUNet(**adm_config(name, dropout=0.0)).to(device).train()

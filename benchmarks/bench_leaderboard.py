@@ -11,13 +11,14 @@ from typing import Any
 
 import torch
 
+import zoo
 from benchmarks.common import interleaved_timings, report
 from zoo.eval import metrics as evaluate
+from zoo.eval.classifier import load_digits_classifier
+from zoo.eval.leaderboard import shipped_names
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from zoo.eval.classifier import load_digits_classifier
-    from zoo.eval.leaderboard import shipped_names
 
     extractor = load_digits_classifier()
     names = shipped_names("digits", "dit_t")
@@ -36,8 +37,6 @@ def run(quick: bool = False) -> dict[str, Any]:
             ),
         }
         if names:
-            import zoo
-
             model = zoo.create(names[0], pretrained=True).eval()
             labels = torch.arange(samples) % 10
             candidates["sample (DDIM 25)"] = lambda labels=labels, model=model: model.sample(

@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from zoo.models import DiT
+from zoo.mtl.gram import GramCapture
 
 from benchmarks.common import RESULTS_DIR, interleaved_timings, peak_memory_bytes, report
+from zoo import mtl
 from zoo.data import load_dataset
 from zoo.train import TrainConfig, Trainer
 
@@ -105,7 +108,6 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def _dit_s_step(quick: bool) -> list[dict[str, Any]]:
     """DiT-S/2 at 32x32x4 (16x16 quick), batch 10: fp32 vs bf16 autocast, CPU time on one thread."""
-    from zoo.models import DiT
 
     side, batch = (16 if quick else 32), 10
     threads = torch.get_num_threads()
@@ -162,10 +164,6 @@ def _dit_s_step(quick: bool) -> list[dict[str, Any]]:
 
 def _compile_gram_check() -> dict[str, Any]:
     """Gram matrix and built update of a torch.compile'd dit_t against the eager net (fp32, K = 5)."""
-    from zoo.models import DiT
-    from zoo.mtl.gram import GramCapture
-
-    from zoo import mtl
 
     torch.manual_seed(0)
     eager = DiT(

@@ -18,6 +18,9 @@ from pathlib import Path
 import torch
 from torch.overrides import TorchFunctionMode
 
+from zoo.data import load_dataset
+from zoo.train import TrainConfig, Trainer
+
 READS = {"item", "__bool__", "__float__", "__int__", "tolist", "numpy", "__index__"}
 
 
@@ -40,8 +43,6 @@ def main() -> None:
     parser.add_argument("label")
     parser.add_argument("--json", default=None, help="merge {label: counts} into this JSON file")
     args = parser.parse_args()
-    from zoo.data import load_dataset
-    from zoo.train import TrainConfig, Trainer
 
     torch.set_num_threads(1)
     config = TrainConfig(

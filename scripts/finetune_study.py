@@ -34,6 +34,12 @@ from pathlib import Path
 
 import torch
 
+import zoo
+from zoo.cli import build_parser
+from zoo.eval.leaderboard import Evaluator, LeaderboardSettings
+from zoo.model import DiffusionModel
+from zoo.train import Trainer, config_from_args
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = Path("runs") / "finetune_study"
@@ -76,8 +82,6 @@ def train_command(data: str, arm: str, seed: int) -> list[str]:
 
 def train_in_process(arguments: list[str]) -> None:
     """`zoo train ARGUMENTS` in this process (the CLI's own parser and Trainer; saves the start-up)."""
-    from zoo.cli import build_parser
-    from zoo.train import Trainer, config_from_args
 
     summary = Trainer(config_from_args(build_parser(arguments).parse_args(arguments))).fit()
     if summary["stopped_by"]:
@@ -85,7 +89,6 @@ def train_in_process(arguments: list[str]) -> None:
 
 
 def evaluate_checkpoint(evaluator, path: Path, name: str) -> dict:
-    from zoo.model import DiffusionModel
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = DiffusionModel(json.loads(state["model_config"]))
@@ -105,8 +108,6 @@ def evaluate_checkpoint(evaluator, path: Path, name: str) -> dict:
 def step_zero(evaluator, spec: dict) -> dict:
     """FID of the base, of the warm-started routed model and of the naive one, before any step."""
     import warnings
-
-    import zoo
 
     base = zoo.create(spec["base"], pretrained=True).eval()
     with warnings.catch_warnings():
@@ -143,7 +144,6 @@ def result_path(data: str, seeds: tuple[int, ...]) -> Path:
 
 
 def run_data(data: str, seeds: tuple[int, ...] = SEEDS) -> Path:
-    from zoo.eval.leaderboard import Evaluator, LeaderboardSettings
 
     torch.set_num_threads(1)
     os.chdir(ROOT)  # the recorded commands use paths relative to the repository

@@ -19,6 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+import zoo
+from zoo.eval.leaderboard import Evaluator, LeaderboardSettings
+from zoo.train.checkpoint import sha256_file
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -47,10 +51,6 @@ def main() -> int:
             raise SystemExit(f"the README's command failed (rc {rc})")
 
     import torch
-
-    import zoo
-    from zoo.eval.leaderboard import Evaluator, LeaderboardSettings
-    from zoo.train.checkpoint import sha256_file
 
     torch.set_num_threads(1)
     final = run / "final"

@@ -27,6 +27,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from zoo.eval.leaderboard import write_shipped_cards
+from zoo.layout import sha256_of
+
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED = ROOT / "zoo" / "pretrained"
 RUNS_ROOT = Path("runs")
@@ -140,7 +143,6 @@ def train(recipe: str, seed: int, threads: int, data: str = "digits") -> None:
 def ship(recipe: str, data: str = "digits") -> dict:
     """Copy seed 0's EMA model into the package and return its manifest entry."""
     sys.path.insert(0, str(ROOT))
-    from zoo.layout import sha256_of
 
     tag = DATA[data]["tag"]
     source = ROOT / DATA[data]["runs"] / recipe / "seed0" / "final"
@@ -191,7 +193,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cards_only:
         sys.path.insert(0, str(ROOT))
-        from zoo.eval.leaderboard import write_shipped_cards
 
         for path in write_shipped_cards():
             print(f"wrote {path.relative_to(ROOT)}")
@@ -220,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in recipes:
             manifest[f"{recipe}.{DATA[args.data]['tag']}"] = ship(recipe, args.data)
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-        from zoo.eval.leaderboard import write_shipped_cards
 
         write_shipped_cards([f"{recipe}.{DATA[args.data]['tag']}" for recipe in recipes])
     if not args.skip_leaderboard:

@@ -12,10 +12,15 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 import zoo
-from zoo.card import derived_license, parameter_counts, render_card
-from zoo.hub import PACKAGE_WEIGHTS
+from zoo.card import derived_license, parameter_counts, render_card, use_snippet
+from zoo.cli.convert import convert_to_zoo
+from zoo.hub import PACKAGE_WEIGHTS, get_pretrained_cfg
 from zoo.hub.cards import pretrained_lineage, shipped_card
+from zoo.hub.info import tag_overrides
 from zoo.hub.shipped import shipped_entries
+from zoo.model import config_from_name
+from zoo.registry import parse_name
+from zoo.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SHIPPED = shipped_entries()
@@ -100,7 +105,6 @@ def test_card_of_weights_finetuned_from_cc_by_nc_weights_says_cc_by_nc(tmp_path)
 
 
 def test_trainer_card_carries_the_licence_of_its_pretrained_weights(tmp_path):
-    from zoo.train import TrainConfig, Trainer
 
     tiny = {"hidden_size": 32, "depth": 2, "num_heads": 2}
     base = zoo.create("dit_t", input_size=8, in_channels=1, num_classes=10, **tiny)
@@ -126,7 +130,6 @@ def test_trainer_card_carries_the_licence_of_its_pretrained_weights(tmp_path):
 
 
 def test_use_snippet_asks_for_the_weights_of_registry_names_only():
-    from zoo.card import use_snippet
 
     assert "zoo.create('dit_t.digits', pretrained=True)" in use_snippet("dit_t.digits")
     assert "zoo.create('local-dir:runs/x/final')" in use_snippet("local-dir:runs/x/final")
@@ -176,13 +179,9 @@ RELEASED_SCHEDULES = {
 
 
 def test_external_weights_use_the_schedule_they_were_trained_with():
-    from zoo.hub import get_pretrained_cfg
 
     external = [n for n in zoo.list_pretrained() if get_pretrained_cfg(n).format != "zoo"]
     assert sorted(external) == sorted(RELEASED_SCHEDULES)  # a new external weight must be checked here
-    from zoo.hub.info import tag_overrides
-    from zoo.model import config_from_name
-    from zoo.registry import parse_name
 
     for name, schedule in RELEASED_SCHEDULES.items():
         assert get_pretrained_cfg(name).overrides["schedule"] == schedule, name
@@ -196,7 +195,6 @@ def test_external_weights_use_the_schedule_they_were_trained_with():
 
 
 def test_a_converted_ant_checkpoint_gets_the_cosine_schedule(tmp_path):
-    from zoo.cli.convert import convert_to_zoo
 
     net = zoo.create("dit_t", input_size=8, in_channels=1, num_classes=10).net
     torch.save({"ema": net.state_dict(), "model": net.state_dict()}, tmp_path / "ant.pt")

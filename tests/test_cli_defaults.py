@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from zoo.card import use_snippet
 from zoo.cli import build_parser, main
+from zoo.cli.affinity import run as run_affinity
+from zoo.eval import leaderboard
+from zoo.eval.leaderboard import LeaderboardSettings
+from zoo.model import DiffusionModel
+from zoo.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +51,6 @@ def test_every_help_shows_every_default(command, capsys):
 
 
 def test_guidance_defaults_agree_across_commands():
-    from zoo.card import use_snippet
-    from zoo.eval.leaderboard import LeaderboardSettings
-    from zoo.model import DiffusionModel
-    from zoo.train import TrainConfig
 
     expected = inspect.signature(DiffusionModel.sample).parameters["guidance"].default
     assert expected == 1.0
@@ -59,7 +61,6 @@ def test_guidance_defaults_agree_across_commands():
 
 
 def test_leaderboard_writes_into_the_current_directory_by_default(tmp_path, monkeypatch):
-    from zoo.eval import leaderboard
 
     def listing(folder: Path) -> dict[str, float]:
         return {str(p): p.stat().st_mtime for p in folder.rglob("*") if p.is_file()}
@@ -79,7 +80,6 @@ def test_leaderboard_writes_into_the_current_directory_by_default(tmp_path, monk
 
 
 def _affinity(tmp_path: Path, seed: int, name: str) -> torch.Tensor:
-    from zoo.cli.affinity import run as run_affinity
 
     parser = _subparser("affinity")
     args = parser.parse_args(

@@ -10,12 +10,16 @@ import pytest
 import torch
 from zoo.models import DiT
 
+import zoo
+from zoo.cli import main
 from zoo.hub.convert import (
     diffusers_config_from_dit,
     diffusers_to_dit,
     dit_config_from_diffusers,
     dit_to_diffusers,
+    export_diffusers,
     load_original_dit_checkpoint,
+    set_diffusers_timestep_shift,
     strip_dtr_mask_buffers,
 )
 
@@ -242,8 +246,6 @@ NON_STANDARD = {  # hidden 128 and depth 4 are DiT-T's, everything else is not t
 @torch.no_grad()
 @pytest.mark.parametrize("case", list(NON_STANDARD))
 def test_convert_builds_from_the_full_diffusers_config(tmp_path, case):
-    import zoo
-    from zoo.cli import main
 
     theirs = foreign_dit(**NON_STANDARD[case])
     theirs.save_pretrained(tmp_path / "src" / "transformer")
@@ -265,7 +267,6 @@ def test_convert_builds_from_the_full_diffusers_config(tmp_path, case):
 
 
 def test_convert_of_an_unregistered_size_asks_for_a_name(tmp_path, capsys):
-    from zoo.cli import main
 
     foreign_dit(**NON_STANDARD["unregistered width and depth, --name dit_t"]).save_pretrained(
         tmp_path / "src"
@@ -284,9 +285,6 @@ def perturbed(model):
 
 @torch.no_grad()
 def test_export_to_diffusers_loads_with_equal_outputs(tmp_path):
-    import zoo
-    from zoo.cli import main
-    from zoo.hub.convert import set_diffusers_timestep_shift
 
     x, t, y = batch()
     # diffusers' timestep spacing (a model converted from diffusers): equal as loaded
@@ -313,9 +311,6 @@ def test_export_to_diffusers_loads_with_equal_outputs(tmp_path):
 
 
 def test_export_refuses_a_routed_model(tmp_path, capsys):
-    import zoo
-    from zoo.cli import main
-    from zoo.hub.convert import export_diffusers
 
     routed = perturbed(zoo.create("dit_t_dtr", input_size=8, in_channels=4, num_classes=10))
     with pytest.raises(ValueError, match=r"dit_t_dtr is routed \(dtr.*no routing"):
@@ -351,8 +346,6 @@ def tiny_vae(folder):
 
 @torch.no_grad()
 def test_dit_pipeline_runs_an_exported_latent_model_as_the_zoo_samples_it(tmp_path):
-    import zoo
-    from zoo.hub.convert import set_diffusers_timestep_shift
 
     vae = {"repo": str(tiny_vae(tmp_path / "vae")), "scale": 0.5}
     model = perturbed(zoo.create("dit_t", input_size=8, in_channels=4, num_classes=10, vae=vae))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import zoo
+from zoo import routing
 from zoo.cli import main
 
 
@@ -73,7 +74,6 @@ def test_convert_rejects_non_dit(tmp_path, capsys):
 
 
 def test_convert_dtr_checkpoint_checks_then_drops_its_stored_tables(tmp_path, capsys):
-    from zoo import routing
 
     source = zoo.create("dit_t", input_size=8, in_channels=4, num_classes=10)
     state = dict(source.net.state_dict())

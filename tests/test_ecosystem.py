@@ -13,8 +13,10 @@ from safetensors.torch import save_file
 
 import zoo
 from tests.test_hub_push import hub, online  # noqa: F401  (fixtures: a loopback fake Hub)
+from zoo import routing
 from zoo.diffusion import GaussianDiffusion, approx_standard_normal_cdf, discretized_gaussian_log_likelihood
 from zoo.hub import CorruptWeightsError, adapt_input_conv
+from zoo.train import Trainer
 
 DIGITS = {"input_size": 8, "in_channels": 1, "num_classes": 10}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -313,7 +315,6 @@ def test_push_and_from_pretrained_through_the_hub(hub, tmp_path):  # noqa: F811
 
 
 def test_meta_device_builds_dit_xl_without_memory():
-    from zoo import routing
 
     with torch.device("meta"):
         model = zoo.create("dit_xl_dtr_nash_k5")
@@ -470,7 +471,6 @@ def test_recipes_default_to_the_adm_cdf_and_keep_exact_as_an_option():
 
 def test_a_trained_run_publishes_its_trained_balancer_state(tmp_path):
     from tests.test_train import tiny_config
-    from zoo.train import Trainer
 
     trainer = Trainer(tiny_config(tmp_path, model="dit_t_uw_k5", steps=3))
     trainer.fit()

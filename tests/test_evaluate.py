@@ -8,6 +8,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from zoo.data import load_dataset
 from zoo.eval import metrics as evaluate
 from zoo.eval.classifier import DigitsClassifier, classifier_dir, load_classifier, load_digits_classifier
 
@@ -209,7 +210,6 @@ def test_compare_reports_every_metric_for_a_classifier_extractor():
 
 @pytest.mark.parametrize("data", ["digits", "mnist"])
 def test_shipped_classifier_reaches_its_card_accuracy_on_the_test_split(data):
-    from zoo.data import load_dataset
 
     config = json.loads((classifier_dir(data) / "config.json").read_text())
     model = load_digits_classifier() if data == "digits" else load_classifier(data)

@@ -16,6 +16,7 @@ import torch
 
 import zoo
 from tests.fakehub import FakeHub
+from zoo.cli import main
 from zoo.layout import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_folder
 
 DIGITS = {"input_size": 8, "in_channels": 1, "num_classes": 10}
@@ -109,7 +110,6 @@ def test_model_push_to_hub_round_trips(hub):
 
 
 def test_cli_push_prints_the_commit_url(hub, tmp_path, capsys):
-    from zoo.cli import main
 
     folder = tiny().save_pretrained(tmp_path / "weights")
     assert main(["push", str(folder), "org/from-cli"]) == 0
@@ -122,7 +122,6 @@ def test_cli_push_prints_the_commit_url(hub, tmp_path, capsys):
 
 @pytest.mark.parametrize("missing", [WEIGHTS_NAME, CONFIG_NAME])
 def test_incomplete_folder_is_refused_before_any_request(hub, tmp_path, capsys, missing):
-    from zoo.cli import main
 
     folder = tiny().save_pretrained(tmp_path / "weights")
     (folder / missing).unlink()
@@ -134,7 +133,6 @@ def test_incomplete_folder_is_refused_before_any_request(hub, tmp_path, capsys, 
 
 
 def test_push_without_token_is_a_clear_error(hub, tmp_path, monkeypatch, capsys):
-    from zoo.cli import main
 
     monkeypatch.delenv("HF_TOKEN")
     model = tiny()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import zoo
+from zoo.cli.demo import run_demo
 from zoo.eval import leaderboard
 from zoo.hub import PACKAGE_WEIGHTS
 from zoo.hub.shipped import shipped_entries
@@ -92,7 +93,6 @@ def test_settings_reject_unknown_data_and_tiny_sample_counts():
 
 @needs_shipped
 def test_demo_quick_prints_the_table_and_writes_pngs(tmp_path, capsys):
-    from zoo.cli.demo import run_demo
 
     assert run_demo(tmp_path, steps=2, quick=True) == 0
     printed = capsys.readouterr().out

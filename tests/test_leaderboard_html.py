@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import zoo
+from zoo.cli import main
 from zoo.eval import html, leaderboard, record
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -122,7 +123,6 @@ def test_the_committed_page_has_one_row_per_model_of_the_committed_json():
 
 
 def test_from_json_through_the_cli_and_its_errors(tmp_path):
-    from zoo.cli import main
 
     assert main(["leaderboard", "--html", "--from-json", str(DIGITS_JSON), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "leaderboard_digits.html").is_file()

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from zoo.models import DiT
 from zoo.mtl.gram import GramCapture, cluster_jacobian
 
 from tests.mtl_nets import TinyNet, cluster_losses, make_batch
@@ -446,7 +447,6 @@ def test_uwc_objective_and_optimum():
 
 
 def test_fast_gram_on_a_dit_equals_reference():
-    from zoo.models import DiT
 
     torch.manual_seed(9)
     net = DiT(

@@ -9,9 +9,13 @@ from fractions import Fraction
 import pytest
 import torch
 from torch import nn
+from zoo.models import DiT
+from zoo.models.adm import ADMUNet
+from zoo.models.dit import DiTBlock
 from zoo.routing import registry as routing_registry
 
 from zoo import routing
+from zoo.diffusion import GaussianDiffusion
 
 
 def expected_code_table(channels: int, num_tasks: int, beta: Fraction, alpha: int) -> torch.Tensor:
@@ -343,7 +347,6 @@ def test_plot_table_writes_a_png(tmp_path) -> None:
 
 def tiny_dit(router: routing.Router | None = None, seed: int = 0) -> nn.Module:
     """A small DiT with every parameter perturbed, so adaLN-Zero blocks are not the identity."""
-    from zoo.models import DiT
 
     torch.manual_seed(seed)
     net = DiT(
@@ -363,7 +366,6 @@ def tiny_dit(router: routing.Router | None = None, seed: int = 0) -> nn.Module:
 
 
 def test_routed_dit_block_is_x_plus_block_of_masked_x() -> None:
-    from zoo.models.dit import DiTBlock
 
     torch.manual_seed(0)
     block = DiTBlock(hidden_size=32, num_heads=4).double()
@@ -420,7 +422,6 @@ def test_routed_dit_state_dict_has_the_plain_keys_and_sizes(name: str) -> None:
 
 
 def test_respaced_sampling_masks_follow_the_original_timesteps() -> None:
-    from zoo.diffusion import GaussianDiffusion
 
     router = routing.build("dtr", channels=32, num_blocks=3, num_tasks=1000, beta=0.5, alpha=2.0)
     net = tiny_dit(router)
@@ -440,7 +441,6 @@ def test_respaced_sampling_masks_follow_the_original_timesteps() -> None:
 
 
 def test_dtr_router_serves_every_width_of_an_adm_unet() -> None:
-    from zoo.models.adm import ADMUNet
 
     torch.manual_seed(0)
     arguments = dict(

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import zoo.eval.metrics
+import zoo.eval.sampling
 import zoo.train.checkpoint as checkpoint
 from tests.trainkit import TINY, tiny_config
 from zoo.cli import main as cli
@@ -357,8 +359,6 @@ def test_ensure_writable_refuses_paths_that_cannot_be_written(tmp_path):
     ],
 )
 def test_commands_check_their_outputs_before_sampling(tmp_path, capsys, monkeypatch, argv):
-    import zoo.eval.metrics
-    import zoo.eval.sampling
 
     def never(*args, **kwargs):
         raise AssertionError("sampled or extracted before the output was checked")

@@ -22,9 +22,14 @@ import torch
 from safetensors.torch import save_file
 
 import zoo
+import zoo.eval.sampling
 from zoo.cli import main
+from zoo.cli.fid import open_image_set
+from zoo.data import LATENT_FORMAT, BadDataError, ImageFolderDataset, LatentsDataset
 from zoo.eval import inception
+from zoo.eval.sampling import load_model
 from zoo.hub import CorruptWeightsError, PretrainedCfg
+from zoo.hub import registry as hub
 from zoo.hub.safeload import read_torchscript_tensors
 from zoo.layout import sha256_of
 from zoo.registry import UnknownModelError, parse_name
@@ -44,7 +49,6 @@ def tiny(name: str = "dit_t", **overrides):
 @pytest.fixture
 def registered():
     """Register temporary weight configs; removed again after the test."""
-    from zoo.hub import registry as hub
 
     hub._load_builtin_configs()
     names = []
@@ -366,7 +370,6 @@ def test_a_folder_here_never_shadows_a_registry_name(tmp_path, monkeypatch):
     reference = zoo.create("dit_t.digits", pretrained=True)
     key = "x_embedder.proj.weight"
     torch.testing.assert_close(shipped.net.state_dict()[key], reference.net.state_dict()[key])
-    from zoo.eval.sampling import load_model
 
     assert load_model("dit_t").net.router is None  # `zoo sample dit_t` takes the registry's weights
     with pytest.raises(UnknownModelError, match="non-empty"):
@@ -646,7 +649,6 @@ def test_backbone_numbers_are_refused_naming_the_range(overrides, field):
     ],
 )
 def test_zoo_sample_refuses_bad_numbers_before_loading(argv, words, monkeypatch, capsys):
-    import zoo.eval.sampling
 
     monkeypatch.setattr(zoo.eval.sampling, "load_model", lambda name: pytest.fail("the model was loaded"))
     with pytest.raises(SystemExit) as exit_info:
@@ -658,7 +660,6 @@ def test_zoo_sample_refuses_bad_numbers_before_loading(argv, words, monkeypatch,
 
 
 def test_zoo_sample_refuses_eta_with_ddpm_before_loading(monkeypatch, capsys):
-    import zoo.eval.sampling
 
     monkeypatch.setattr(zoo.eval.sampling, "load_model", lambda name: pytest.fail("the model was loaded"))
     assert main(["sample", "dit_t.digits", "--eta", "0.5"]) == 2
@@ -706,7 +707,6 @@ def test_zoo_fid_refuses_bad_numbers(capsys):
 
 
 def _latent_folder(folder: Path, labels: torch.Tensor, manifest: object | None = None) -> Path:
-    from zoo.data import LATENT_FORMAT
 
     folder.mkdir(parents=True)
     save_file(
@@ -719,7 +719,6 @@ def _latent_folder(folder: Path, labels: torch.Tensor, manifest: object | None =
 
 
 def test_latent_shards_with_float_labels_or_no_num_classes_are_named(tmp_path):
-    from zoo.data import LATENT_FORMAT, BadDataError, LatentsDataset
 
     good = LatentsDataset(_latent_folder(tmp_path / "good", torch.tensor([0, 1, 2])))
     assert len(good) == 3 and good[2][1].item() == 2
@@ -757,9 +756,6 @@ def _png_header(path: Path, width: int, height: int) -> Path:
 
 def test_decompression_bombs_are_skipped_and_named_like_unreadable_files(tmp_path):
     from PIL import Image
-
-    from zoo.cli.fid import open_image_set
-    from zoo.data import BadDataError, ImageFolderDataset
 
     assert 20000 * 20000 > 2 * Image.MAX_IMAGE_PIXELS > 10000 * 10000 > Image.MAX_IMAGE_PIXELS
     (tmp_path / "a").mkdir()

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import zoo
+from zoo.cli import main
 from zoo.hub import CorruptWeightsError, PretrainedCfg
+from zoo.hub import registry as hub
 from zoo.layout import sha256_of
 from zoo.registry import UnknownModelError, parse_name
 
@@ -225,7 +227,6 @@ def test_state_dict_pretrained_and_strictness():
 
 
 def _register_tmp(cfg: PretrainedCfg) -> PretrainedCfg:
-    from zoo.hub import registry as hub
 
     hub._load_builtin_configs()
     hub._PRETRAINED.pop(cfg.name, None)
@@ -322,7 +323,6 @@ def test_describe_reports_paper_sizes():
 
 
 def test_cli_list_and_info(capsys):
-    from zoo.cli import main
 
     assert main(["list", "dit_s_dtr_nash_*"]) == 0
     listed = capsys.readouterr().out.split()
@@ -335,7 +335,6 @@ def test_cli_list_and_info(capsys):
 
 
 def test_cli_routing_writes_heatmap_and_stats(tmp_path, capsys):
-    from zoo.cli import main
 
     png = tmp_path / "mask.png"
     assert main(["routing", "--channels", "1024", "--out", str(png)]) == 0
@@ -345,7 +344,6 @@ def test_cli_routing_writes_heatmap_and_stats(tmp_path, capsys):
 
 
 def test_cli_affinity_saves_matrix_and_heatmap(tmp_path):
-    from zoo.cli import main
 
     out = tiny("dit_t").save_pretrained(tmp_path / "m")
     code = main(
