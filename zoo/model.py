@@ -207,15 +207,23 @@ class DiffusionModel(nn.Module):
         clip_denoised: bool | None = None,
         progress: bool = False,
         decode: bool = True,
+        return_info: bool = False,
         **kwargs: Any,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
         """Draw samples (B, C, H, W); pixel models return [-1, 1] images, latent models decode with their VAE.
 
         `sampler` names the solver (`model.solvers` lists those of the model's process; default: its
-        first, `ddpm` for the Gaussian diffusion); `solver=` is the same argument.
+        first, `ddpm` for the Gaussian diffusion); `solver=` is the same argument. Other keywords are the
+        solver's own options (`grid="uniform"|"karras"` for `dpm++2m`).
 
         `clip_denoised=None` clips predicted x0 to [-1, 1] for pixel models (as ADM samples) and not for
         latent models (as DiT samples).
+
+        `return_info=True` returns `(images, info)`, where info counts what the draw cost, measured by a
+        hook on the net (not derived from the arguments):
+        `{"solver", "steps", "options", "guidance", "net_calls", "nfe"}` with `net_calls` the forwards
+        of the net and `nfe` the function evaluations per image: the rows the net saw divided by the
+        number of images. A guided step is one forward on the doubled batch: 1 net call, 2 NFE per image.
         """
         solver = kwargs.pop("solver", None)
         if solver is not None and sampler is not None and solver != sampler:
@@ -239,6 +247,14 @@ class DiffusionModel(nn.Module):
             generator = torch.Generator(device=device)
             generator.manual_seed(0 if seed is None else int(seed))
         was_training = self.net.training
+        counts = {"net_calls": 0, "rows": 0}
+
+        def count(module: nn.Module, args: tuple, call_kwargs: dict) -> None:
+            counts["net_calls"] += 1
+            x = args[0] if args else next(iter(call_kwargs.values()))
+            counts["rows"] += int(x.shape[0])
+
+        hook = self.net.register_forward_pre_hook(count, with_kwargs=True)
         self.net.eval()
         try:
             out = self.diffusion.sample(
@@ -256,10 +272,23 @@ class DiffusionModel(nn.Module):
                 **kwargs,
             )
         finally:
+            hook.remove()
             self.net.train(was_training)
         if decode and self.config.get("vae"):
             out = decode_latents(out, self.config["vae"])
-        return out
+        if not return_info:
+            return out
+        info = {
+            "solver": sampler,
+            "steps": steps,
+            "options": dict(kwargs),
+            "guidance": float(guidance),
+            "net_calls": counts["net_calls"],
+            "nfe": counts["rows"] // num_samples
+            if counts["rows"] % num_samples == 0
+            else counts["rows"] / num_samples,
+        }
+        return out, info
 
     # ------------------------------------------------------------------ warm start
 
@@ -295,7 +324,9 @@ class DiffusionModel(nn.Module):
         """Write config.json, model.safetensors (the net's weights, e.g. EMA), mtl.safetensors (the state
         outside the net, when there is any: `mtl_state_dict()`) and a README.md model card."""
         out = save_folder(directory, self.config, state_dict or self.net.state_dict(), card=card)
-        save_mtl_state(out, self.mtl_state_dict())  # the balancer's too: from_pretrained restores the whole model
+        save_mtl_state(
+            out, self.mtl_state_dict()
+        )  # the balancer's too: from_pretrained restores the whole model
         return out
 
     def mtl_state_dict(self) -> dict[str, torch.Tensor]:
@@ -377,7 +408,11 @@ class DiffusionModel(nn.Module):
         model = cls(config)
         model.load_net_state(state_dict, strict=strict, source=str(folder))
         model._load_mtl_file(folder / MTL_WEIGHTS_NAME if mtl_file is True else mtl_file, source=str(folder))
-        model.pretrained_cfg = {"architecture": config.get("name"), "source": source or str(folder), "file": str(folder)}
+        model.pretrained_cfg = {
+            "architecture": config.get("name"),
+            "source": source or str(folder),
+            "file": str(folder),
+        }
         return model
 
     # ------------------------------------------------------------------ deferred initialisation

@@ -1,9 +1,11 @@
 """Processes and solvers: what the net learns and how samples are drawn (registry.py: one decorator each).
 
 `ddpm` (gaussian.py) is the discrete Gaussian diffusion DiT, DTR and ANT train with (eps prediction,
-learned sigma) and its solvers `ddpm` and `ddim`.
+learned sigma) and its solvers `ddpm`, `ddim` and `dpm++2m` (dpm_solver.py: DPM-Solver++(2M), uniform or
+Karras time grid).
 """
 
+from zoo.diffusion.dpm_solver import GRIDS, dpm_solver_grid
 from zoo.diffusion.gaussian import (
     FIXED_VARIANCES,
     NORMAL_CDFS,
@@ -31,6 +33,7 @@ from zoo.diffusion.registry import (
 __all__ = [
     "DEFAULT_PROCESS",
     "FIXED_VARIANCES",
+    "GRIDS",
     "NORMAL_CDFS",
     "SCHEDULES",
     "GaussianDiffusion",
@@ -39,6 +42,7 @@ __all__ = [
     "build_process",
     "classifier_free_guidance",
     "discretized_gaussian_log_likelihood",
+    "dpm_solver_grid",
     "get_solver",
     "list_processes",
     "named_beta_schedule",
