@@ -48,16 +48,17 @@ DEFAULT_MODELS = ("dit_t.digits", "dit_t_dtr_nash_k5.digits")
 
 
 def _cells(models: list[str], nfes: list[int], seeds: list[int], target_only: bool) -> list[tuple]:
-    """(model, label, nfe, seed): the target cells with every seed first (per model), then the curve."""
+    """(model, label, nfe, seed): the target cells with every seed first (per model), then the curve by
+    increasing NFE (every solver at 5, then at 10, ...: a run cut short loses the costly end alike)."""
     cells = []
     for model in models:
         for seed in seeds:
             cells += [(model, label, nfe, seed) for label, nfe in TARGET]
         if not target_only:
-            for label, _, _, largest in SOLVERS:
+            for nfe in sorted(nfes):
                 cells += [
                     (model, label, nfe, seeds[0])
-                    for nfe in nfes
+                    for label, _, _, largest in SOLVERS
                     if (label, nfe) not in TARGET and nfe <= largest
                 ]
     return cells
@@ -132,6 +133,7 @@ def run(
     target_only: bool = False,
     out: Path = RESULTS_DIR,
     command: str | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     import zoo
     from zoo.eval.leaderboard import Evaluator, LeaderboardSettings
@@ -169,8 +171,18 @@ def run(
             "(CPU time); FIDs are comparable within this file, not to the leaderboard's"
         )
     out = Path(out)
+    done = set()
+    if resume and (out / "solvers.json").is_file():  # keep the cells of an earlier run of the same protocol
+        earlier = json.loads((out / "solvers.json").read_text())
+        if earlier["protocol"]["samples"] != samples:
+            raise ValueError(f"--resume: {out / 'solvers.json'} has {earlier['protocol']['samples']} samples")
+        payload["cells"] = earlier["cells"]
+        payload["earlier_commands"] = [*earlier.get("earlier_commands", []), earlier["command"]]
+        done = {(c["model"], c["solver_label"], c["nfe"], c["seed"]) for c in earlier["cells"]}
     cache: dict[str, Any] = {}
     for model_name, label, nfe, seed in _cells(models, nfes, seeds, target_only):
+        if (model_name, label, nfe, seed) in done:
+            continue
         if model_name not in cache:
             cache.clear()
             cache[model_name] = zoo.create(model_name, pretrained=True).eval()
@@ -237,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "--target-only", action="store_true", help="only the DDPM-250 / DPM-Solver++-20 cells"
     )
     parser.add_argument("--out", default=str(RESULTS_DIR))
+    parser.add_argument("--resume", action="store_true", help="keep the cells already in OUT/solvers.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     run(
@@ -247,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         nfes=[int(n) for n in args.nfe.split(",")] if args.nfe else None,
         target_only=args.target_only,
         out=Path(args.out),
+        resume=args.resume,
         command=" ".join(["python benchmarks/bench_solvers.py", *map(shlex.quote, argv or sys.argv[1:])]),
     )
     return 0
