@@ -40,6 +40,23 @@ FIXED_VARIANCES = ("large", "small")
 NORMAL_CDFS = ("exact", "adm")
 
 Net = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+#: what `GaussianDiffusion.sample` passes every solver; the solver's other keywords are its options
+_SOLVER_ARGUMENTS = frozenset(
+    (
+        "process",
+        "net",
+        "shape",
+        "steps",
+        "eta",
+        "y",
+        "noise",
+        "clip_denoised",
+        "generator",
+        "progress",
+        "device",
+        "dtype",
+    )
+)
 
 
 def named_beta_schedule(schedule: str, num_timesteps: int) -> np.ndarray:
@@ -662,14 +679,7 @@ class GaussianDiffusion:
             raise ValueError(f"eta is a DDIM parameter; got eta={eta} with sampler={sampler!r}")
         keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         parameters = inspect.signature(solve).parameters.values()
-        accepted = {p.name for p in parameters if p.kind in keyword} - {
-            "process",
-            "net",
-            "shape",
-            "steps",
-            "eta",
-        }
-        accepted -= {"y", "noise", "clip_denoised", "generator", "progress", "device", "dtype"}
+        accepted = {p.name for p in parameters if p.kind in keyword} - _SOLVER_ARGUMENTS
         unknown = sorted(set(options) - accepted)
         if unknown:
             raise TypeError(
