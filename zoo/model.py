@@ -298,15 +298,23 @@ class DiffusionModel(nn.Module):
         clip_denoised: bool | None = None,
         progress: bool = False,
         decode: bool = True,
+        return_info: bool = False,
         **kwargs: Any,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
         """Draw samples (B, C, H, W); pixel models return [-1, 1] images, latent models decode with their VAE.
 
         `sampler` names the solver (`model.solvers` lists those of the model's process; default: its
-        first, `ddpm` for the Gaussian diffusion); `solver=` is the same argument.
+        first, `ddpm` for the Gaussian diffusion); `solver=` is the same argument. Other keywords are the
+        solver's own options (`grid="uniform"|"karras"` for `dpm++2m`).
 
         `clip_denoised=None` clips predicted x0 to [-1, 1] for pixel models (as ADM samples) and not for
         latent models (as DiT samples).
+
+        `return_info=True` returns `(images, info)`, where info counts what the draw cost, measured by a
+        hook on the net (not derived from the arguments):
+        `{"solver", "steps", "options", "guidance", "net_calls", "nfe"}` with `net_calls` the forwards
+        of the net and `nfe` the function evaluations per image: the rows the net saw divided by the
+        number of images. A guided step is one forward on the doubled batch: 1 net call, 2 NFE per image.
         """
         solver = kwargs.pop("solver", None)
         if solver is not None and sampler is not None and solver != sampler:
@@ -330,6 +338,14 @@ class DiffusionModel(nn.Module):
             generator = torch.Generator(device=device)
             generator.manual_seed(0 if seed is None else int(seed))
         was_training = self.net.training
+        counts = {"net_calls": 0, "rows": 0}
+
+        def count(module: nn.Module, args: tuple, call_kwargs: dict) -> None:
+            counts["net_calls"] += 1
+            x = args[0] if args else next(iter(call_kwargs.values()))
+            counts["rows"] += int(x.shape[0])
+
+        hook = self.net.register_forward_pre_hook(count, with_kwargs=True)
         self.net.eval()
         try:
             out = self.diffusion.sample(
@@ -347,10 +363,23 @@ class DiffusionModel(nn.Module):
                 **kwargs,
             )
         finally:
+            hook.remove()
             self.net.train(was_training)
         if decode and self.config.get("vae"):
             out = decode_latents(out, self.config["vae"])
-        return out
+        if not return_info:
+            return out
+        info = {
+            "solver": sampler,
+            "steps": steps,
+            "options": dict(kwargs),
+            "guidance": float(guidance),
+            "net_calls": counts["net_calls"],
+            "nfe": counts["rows"] // num_samples
+            if counts["rows"] % num_samples == 0
+            else counts["rows"] / num_samples,
+        }
+        return out, info
 
     # ------------------------------------------------------------------ warm start
 

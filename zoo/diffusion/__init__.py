@@ -1,10 +1,12 @@
 """Processes and solvers: what the net learns and how samples are drawn (registry.py: one decorator each).
 
 `ddpm` (gaussian.py) is the discrete Gaussian diffusion DiT, DTR and ANT train with (eps prediction,
-learned sigma) and its solvers `ddpm` and `ddim`; `flow` (flow.py) is SiT's linear-interpolant flow
-matching (velocity prediction, continuous time mapped to the tasks) and its solvers `euler`, `heun`, `sde`.
+learned sigma) and its solvers `ddpm`, `ddim` and `dpm++2m` (dpm_solver.py: DPM-Solver++(2M), uniform or
+Karras time grid); `flow` (flow.py) is SiT's linear-interpolant flow matching (velocity prediction,
+continuous time mapped to the tasks) and its solvers `euler`, `heun`, `sde`.
 """
 
+from zoo.diffusion.dpm_solver import GRIDS, dpm_solver_grid
 from zoo.diffusion.flow import DEFAULT_FLOW_STEPS, SDE_LAST_STEP_SIZE, FlowMatching
 from zoo.diffusion.gaussian import (
     FIXED_VARIANCES,
@@ -34,6 +36,7 @@ __all__ = [
     "DEFAULT_FLOW_STEPS",
     "DEFAULT_PROCESS",
     "FIXED_VARIANCES",
+    "GRIDS",
     "FlowMatching",
     "NORMAL_CDFS",
     "SCHEDULES",
@@ -44,6 +47,7 @@ __all__ = [
     "build_process",
     "classifier_free_guidance",
     "discretized_gaussian_log_likelihood",
+    "dpm_solver_grid",
     "get_solver",
     "list_processes",
     "named_beta_schedule",

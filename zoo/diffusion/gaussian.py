@@ -12,6 +12,7 @@ Schedules are float64 tables; they are cast to the working dtype and device when
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,6 +40,23 @@ FIXED_VARIANCES = ("large", "small")
 NORMAL_CDFS = ("exact", "adm")
 
 Net = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+#: what `GaussianDiffusion.sample` passes every solver; the solver's other keywords are its options
+_SOLVER_ARGUMENTS = frozenset(
+    (
+        "process",
+        "net",
+        "shape",
+        "steps",
+        "eta",
+        "y",
+        "noise",
+        "clip_denoised",
+        "generator",
+        "progress",
+        "device",
+        "dtype",
+    )
+)
 
 
 def named_beta_schedule(schedule: str, num_timesteps: int) -> np.ndarray:
@@ -647,26 +665,39 @@ class GaussianDiffusion:
         progress: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **options: Any,
     ) -> torch.Tensor:
-        """Draw samples of `shape` (B, C, H, W): the front door to the DDPM and DDIM loops.
+        """Draw samples of `shape` (B, C, H, W): the front door to the solvers (`self.solvers`).
 
-        `steps`: None runs this process as is; an int respaces ("250" for DDPM, "ddim50" for DDIM);
-        a string is a respacing spec. `guidance` != 1 applies classifier-free guidance (one forward
-        on the doubled batch; see `classifier_free_guidance`). `device` defaults to the net's
-        parameters' device, `dtype` to float32. The net's train/eval mode is left as it is.
-        All randomness comes from `generator`.
+        `steps`: None runs this process as is; an int respaces ("250" for DDPM, "ddim50" for DDIM;
+        `dpm++2m` takes an int only); a string is a respacing spec. `guidance` != 1 applies
+        classifier-free guidance (one forward on the doubled batch; see `classifier_free_guidance`).
+        `options` are the solver's own keywords (`grid="karras"` for `dpm++2m`); one the solver does not
+        take is an error. `device` defaults to the net's parameters' device, `dtype` to float32. The
+        net's train/eval mode is left as it is. All randomness comes from `generator`.
         """
         solve = get_solver("ddpm", sampler)  # an unknown solver names those that fit, before any work
         check_sampling_numbers(guidance, eta)  # before any work: NaN guidance would draw black images
-        if sampler == "ddpm" and eta != 0.0:
-            raise ValueError(f"eta is a DDIM parameter; got eta={eta} with sampler='ddpm'")
+        if sampler != "ddim" and eta != 0.0:
+            raise ValueError(f"eta is a DDIM parameter; got eta={eta} with sampler={sampler!r}")
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        parameters = inspect.signature(solve).parameters.values()
+        accepted = {p.name for p in parameters if p.kind in keyword} - _SOLVER_ARGUMENTS
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise TypeError(
+                f"solver {sampler!r} takes no option {unknown[0]!r}; its options: {sorted(accepted) or 'none'}"
+            )
         if len(shape) < 2:
             raise ValueError(f"shape must be (B, C, ...), got {tuple(shape)}")
         if y is not None and tuple(y.shape) != (shape[0],):
             raise ValueError(f"y must have shape ({shape[0]},), got {tuple(y.shape)}")
         if steps is not None and isinstance(steps, int) and not isinstance(steps, bool):
-            if steps < 1 or steps > self.num_timesteps:
-                raise ValueError(f"steps must lie in [1, {self.num_timesteps}], got {steps}")
+            least = getattr(solve, "min_steps", 1)
+            if steps < least or steps > self.num_timesteps:
+                raise ValueError(
+                    f"steps must lie in [{least}, {self.num_timesteps}] for solver {sampler!r}, got {steps}"
+                )
         if device is None:
             parameter = next(net.parameters(), None) if isinstance(net, torch.nn.Module) else None
             device = (
@@ -687,7 +718,7 @@ class GaussianDiffusion:
             device=device,
             dtype=dtype,
         )
-        return solve(self, net, shape, steps=steps, eta=eta, **common)
+        return solve(self, net, shape, steps=steps, eta=eta, **common, **options)
 
     @property
     def solvers(self) -> list[str]:

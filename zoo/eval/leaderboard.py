@@ -24,9 +24,11 @@ import zoo.hub.shipped  # noqa: F401  (registers the shipped weight configs)
 from zoo.card import render_card
 from zoo.data import load_dataset
 from zoo.data.images import ensure_writable, save_grid, save_npz
+from zoo.diffusion import GRIDS
 from zoo.eval import metrics as evaluate
 from zoo.eval import record, stats
 from zoo.eval.classifier import load_classifier
+from zoo.eval.sampling import all_solvers, check_solver_options
 from zoo.hub import PACKAGE_WEIGHTS, create, get_pretrained_cfg, list_pretrained
 from zoo.hub.cards import shipped_card
 from zoo.hub.shipped import SHIPPED_MANIFEST
@@ -47,11 +49,12 @@ class LeaderboardSettings:
     models: str = "*"
     samples: int = 500
     steps: int = 25
-    sampler: str = "ddim"
+    sampler: str = "ddim"  # the solver (`--solver`, alias `--sampler`)
     cfg: float = 1.0
     seed: int = 0
     batch: int = 500
     kid_subsets: int = 100
+    grid: str | None = None  # the time grid of solvers that take one (dpm++2m: "uniform", "karras")
 
     def __post_init__(self) -> None:
         if self.data not in SUPPORTED_DATA:
@@ -62,6 +65,12 @@ class LeaderboardSettings:
             )
         if self.steps < 1 or self.batch < 1:
             raise ValueError(f"steps and batch must be >= 1, got steps={self.steps}, batch={self.batch}")
+        check_solver_options(self.sampler, self.steps, self.grid)
+
+    @property
+    def solver_options(self) -> dict[str, Any]:
+        """The solver's own keywords for `model.sample` (none unless a grid is named)."""
+        return {} if self.grid is None else {"grid": self.grid}
 
 
 class Evaluator:
@@ -78,20 +87,35 @@ class Evaluator:
 
     def samples(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Class-balanced labels 0..C-1 repeated, and the samples drawn for them (fixed seed)."""
+        images, labels, _ = self.draw(model)
+        return images, labels
+
+    def draw(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """`samples` and what they cost: {"solver", "solver_options", "nfe" (per image), "net_calls"}."""
         labels = torch.arange(self.settings.samples) % max(model.num_classes, 1)
         generator = torch.Generator().manual_seed(self.settings.seed)
-        images = []
+        images, net_calls, evaluations = [], 0, 0
         for chunk in labels.split(self.settings.batch):
-            images.append(
-                model.sample(
-                    chunk,
-                    steps=self.settings.steps,
-                    sampler=self.settings.sampler,
-                    guidance=self.settings.cfg,
-                    generator=generator,
-                ).clamp(-1, 1)
+            chunk_images, info = model.sample(
+                chunk,
+                steps=self.settings.steps,
+                sampler=self.settings.sampler,
+                guidance=self.settings.cfg,
+                generator=generator,
+                return_info=True,
+                **self.settings.solver_options,
             )
-        return torch.cat(images), labels
+            images.append(chunk_images.clamp(-1, 1))
+            net_calls += info["net_calls"]
+            evaluations += info["nfe"] * len(chunk)
+        nfe = evaluations / len(labels)
+        cost = {
+            "solver": self.settings.sampler,
+            "solver_options": self.settings.solver_options,
+            "nfe": int(nfe) if float(nfe).is_integer() else nfe,
+            "net_calls": net_calls,
+        }
+        return torch.cat(images), labels, cost
 
     def evaluate(
         self,
@@ -102,7 +126,7 @@ class Evaluator:
         grid: Path | None = None,
     ) -> dict[str, Any]:
         """Sample, extract and compare: one leaderboard row with its protocol."""
-        images, labels = self.samples(model)
+        images, labels, cost = self.draw(model)
         if grid is not None:
             count = min(len(images), 10 * max(model.num_classes, 1))
             save_grid(images[:count], grid, nrow=max(model.num_classes, 1), upscale=4)
@@ -130,7 +154,8 @@ class Evaluator:
             training_step=training_step,
         )
         extra = record.protocol_record(self.settings, model, len(self.reference))
-        return {"model": name, **metrics, "protocol": {**protocol.to_dict(), **extra}}
+        # the solver, its options and the measured NFE per image (a guided step counts 2) win over derived ones
+        return {"model": name, **metrics, "protocol": {**protocol.to_dict(), **extra, **cost}}
 
 
 def shipped_names(data: str, pattern: str) -> list[str]:
@@ -429,8 +454,11 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
         "--models", default=d.models, help="fnmatch pattern over recipe names, e.g. 'dit_t_dtr*'"
     )
     parser.add_argument("--samples", type=int, default=d.samples, help="generated samples per model")
-    parser.add_argument("--steps", type=int, default=d.steps, help="sampler steps")
-    parser.add_argument("--sampler", default=d.sampler, choices=("ddpm", "ddim"))
+    parser.add_argument("--steps", type=int, default=d.steps, help="solver steps (NFE = steps, x2 guided)")
+    parser.add_argument(
+        "--solver", "--sampler", dest="sampler", default=d.sampler, choices=all_solvers(), help="the solver"
+    )
+    parser.add_argument("--grid", default=None, choices=GRIDS, help="time grid of dpm++2m (default uniform)")
     parser.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--batch", type=int, default=d.batch)
@@ -473,6 +501,7 @@ def main_from_args(args: argparse.Namespace, page_writer: Callable[..., Any] | N
         cfg=args.cfg,
         seed=args.seed,
         batch=args.batch,
+        grid=args.grid,
     )
     payload = run_leaderboard(
         settings,
