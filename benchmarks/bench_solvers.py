@@ -30,7 +30,10 @@ import torch
 if __package__ in (None, ""):  # run as a script: the repository root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import zoo
 from benchmarks.common import RESULTS_DIR, format_table, machine_info  # noqa: E402
+from zoo.eval.leaderboard import Evaluator, LeaderboardSettings
+from zoo.hub import get_pretrained_cfg
 
 #: the NFE of the curve (issue 18)
 NFES = (5, 10, 20, 50, 100, 250)
@@ -135,9 +138,6 @@ def run(
     command: str | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    import zoo
-    from zoo.eval.leaderboard import Evaluator, LeaderboardSettings
-    from zoo.hub import get_pretrained_cfg
 
     models = list(models or (DEFAULT_MODELS[:1] if quick else DEFAULT_MODELS))
     samples = samples or (100 if quick else LeaderboardSettings().samples)

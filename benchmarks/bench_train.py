@@ -24,7 +24,7 @@ import torch
 from zoo.models import DiT
 from zoo.mtl.gram import GramCapture
 
-from benchmarks.common import RESULTS_DIR, interleaved_timings, peak_memory_bytes, report
+from benchmarks.common import RESULTS_DIR, format_table, interleaved_timings, peak_memory_bytes, report
 from zoo import mtl
 from zoo.data import load_dataset
 from zoo.train import TrainConfig, Trainer
@@ -99,8 +99,6 @@ def run(quick: bool = False) -> dict[str, Any]:
         NAME, "Training throughput (Trainer.train_step on digits)", rows, timings=timings, **extra
     )
     if "dit_s_step" in extra:
-        from benchmarks.common import format_table
-
         print(format_table(extra["dit_s_step"]))
         print("compile + Gram hooks:", extra["compile_gram_exactness"])
     return result

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 import zoo
 from zoo.data import load_dataset
 from zoo.train import TrainConfig, Trainer
+from zoo.train.distributed import cleanup, init_distributed
 
 MODEL = "dit_t_k5"  # linear balancer over 5 timestep clusters
 OVERRIDES = {"hidden_size": 32, "depth": 2, "num_heads": 2, "class_dropout_prob": 0.0}
@@ -46,7 +47,6 @@ def _batches() -> list[tuple[torch.Tensor, ...]]:
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    from zoo.train.distributed import cleanup, init_distributed
 
     os.environ.update(
         {

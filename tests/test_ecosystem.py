@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 import zoo
 from tests.test_hub_push import hub, online  # noqa: F401  (fixtures: a loopback fake Hub)
+from tests.test_train import tiny_config
 from zoo import routing
 from zoo.diffusion import GaussianDiffusion, approx_standard_normal_cdf, discretized_gaussian_log_likelihood
 from zoo.hub import CorruptWeightsError, adapt_input_conv
@@ -470,7 +471,6 @@ def test_recipes_default_to_the_adm_cdf_and_keep_exact_as_an_option():
 
 
 def test_a_trained_run_publishes_its_trained_balancer_state(tmp_path):
-    from tests.test_train import tiny_config
 
     trainer = Trainer(tiny_config(tmp_path, model="dit_t_uw_k5", steps=3))
     trainer.fit()

@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 import zoo
 from zoo.data import load_dataset
 from zoo.train import TrainConfig, Trainer
+from zoo.train.distributed import all_reduce_mean, cleanup, full_state_dict, init_distributed, shard_model
 
 TINY = {"hidden_size": 32, "depth": 2, "num_heads": 2, "class_dropout_prob": 0.0}
 PER_RANK = 10
@@ -89,7 +90,6 @@ def _train(trainer: Trainer, part: slice) -> list[float]:
 
 def _join(rank: int, world_size: int, port: int):
     """Join the gloo group of the spawned processes, as torchrun's environment would."""
-    from zoo.train.distributed import init_distributed
 
     os.environ.update(
         {
@@ -105,7 +105,6 @@ def _join(rank: int, world_size: int, port: int):
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    from zoo.train.distributed import full_state_dict
 
     context = _join(rank, world_size, port)
     results = {}
@@ -157,7 +156,6 @@ def _leave() -> None:
     interpreter's finalization it cannot take the GIL and the process dies of SIGABRT ("terminate
     called without an active exception", now and then, after the test's work is done).
     """
-    from zoo.train.distributed import cleanup
 
     cleanup()
     os._exit(0)
@@ -262,7 +260,6 @@ def _custom_loop(model: zoo.DiffusionModel, part: slice) -> list[torch.Tensor]:
 
 
 def _custom_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    from zoo.train.distributed import all_reduce_mean, full_state_dict, shard_model
 
     _join(rank, world_size, port)
     results = {}

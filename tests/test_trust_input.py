@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 import zoo
 import zoo.eval.sampling
+from tests.fakehub import FakeHub
 from zoo.cli import main
 from zoo.cli.fid import open_image_set
 from zoo.data import LATENT_FORMAT, BadDataError, ImageFolderDataset, LatentsDataset
@@ -341,7 +342,6 @@ def test_stalled_hf_endpoint_fails_naming_the_url(online, stalled, monkeypatch):
 
 
 def test_stalled_hf_endpoint_falls_back_to_the_cache(online, stalled, tmp_path, monkeypatch):
-    from tests.fakehub import FakeHub
 
     model = tiny("dit_t_dtr")
     model.save_pretrained(tmp_path / "hub" / "org" / "cached")

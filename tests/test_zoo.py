@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import zoo
+from tests.fakehub import FakeHub
 from zoo.cli import main
 from zoo.hub import CorruptWeightsError, PretrainedCfg
 from zoo.hub import registry as hub
@@ -285,8 +286,6 @@ def test_offline_miss_fails_fast(tmp_path, monkeypatch):
 
 def test_fake_hub_download_end_to_end(tmp_path, monkeypatch):
     import huggingface_hub.constants as hf_constants
-
-    from tests.fakehub import FakeHub
 
     repo = tmp_path / "hub" / "org" / "tiny-dit"
     out = tiny("dit_t_dtr").save_pretrained(repo)
