@@ -218,7 +218,11 @@ class DiffusionModel(nn.Module):
 
     def _prevalidated_net(self) -> Any:
         """The net, called without its own timestep range check where its forward offers one."""
-        if "check_timesteps" in inspect.signature(self.net.forward).parameters:
+        forward = type(self.net).forward  # looked up once per class: this runs on every training step
+        takes = _TAKES_CHECK.get(forward)
+        if takes is None:
+            takes = _TAKES_CHECK[forward] = "check_timesteps" in inspect.signature(forward).parameters
+        if takes:
             return _Prevalidated(self.net)
         return self.net
 
@@ -613,6 +617,10 @@ class DiffusionModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.config['name']!r}, clusters={self.clusters.k}, balancer={self.config['mtl']['name']!r}"
+
+
+#: per forward function: whether it offers `check_timesteps` (inspect.signature costs tens of microseconds)
+_TAKES_CHECK: dict[Any, bool] = {}
 
 
 class _Prevalidated:
