@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import zoo
+from tests.trainkit import tiny_config
 from zoo import clustering, mtl
 from zoo.config import config_from_name
 from zoo.diffusion import FlowMatching, build_process, solvers_for
@@ -16,6 +17,7 @@ from zoo.hub import convert
 from zoo.hub.create import _state_dict_from_source
 from zoo.hub.pretrained import PretrainedCfg
 from zoo.hub.registry import get_pretrained_cfg
+from zoo.train import Trainer
 from zoo.validate import validate_config
 
 T = 1000
@@ -420,3 +422,17 @@ def test_sit_xl_in1k_256_is_registered_with_its_release_facts():
         and config["backbone"]["kwargs"]["input_size"] == 32
     )
     validate_config({k: v for k, v in config.items() if k != "_affinity"}, "sit_xl.in1k_256")
+
+
+def test_zoo_train_runs_a_flow_recipe_and_its_sample_grid(tmp_path):
+    """`zoo train sit_*`: the sample grid uses the flow process's solver; a DDPM solver is refused at start."""
+
+    trainer = Trainer(tiny_config(tmp_path, model="sit_t_dtr_nash_k5", steps=2, ckpt_every=0))
+    trainer.fit()
+    grid = tmp_path / "run" / "final"
+    assert (grid / "model.safetensors").is_file()
+    assert any(p.suffix == ".png" for p in (tmp_path / "run").rglob("*.png"))
+    with pytest.raises(ValueError, match=r"not a solver of the model's 'flow' process.*euler"):
+        Trainer(tiny_config(tmp_path / "b", model="sit_t", sample_sampler="ddim"))
+    with pytest.raises(ValueError, match="sample-steps 1: sde"):
+        Trainer(tiny_config(tmp_path / "c", model="sit_t", sample_sampler="sde", sample_steps=1))

@@ -248,7 +248,7 @@ class FlowMatching:
         steps = DEFAULT_FLOW_STEPS if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, int):
             raise ValueError(f"flow solvers take an integer number of steps, got {steps!r}")
-        least = 2 if sampler == "sde" else 1
+        least = getattr(solve, "min_steps", 1)  # the solver states it (sde: 2), as dpm++2m does
         if steps < least:
             raise ValueError(f"solver {sampler!r} needs steps >= {least}, got {steps}")
         if len(shape) < 2:
@@ -359,3 +359,6 @@ def sde_solver(
         x = x + drift * dt + math.sqrt(2.0 * diffusion * dt) * z
     drift, _ = _sde_drift(field, x, end, y)
     return x + drift * SDE_LAST_STEP_SIZE
+
+
+sde_solver.min_steps = 2  # one noisy step and the last mean step

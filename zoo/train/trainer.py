@@ -37,6 +37,7 @@ import zoo
 from zoo.clustering import list_samplers
 from zoo.data import DataOrder, SeededBatchSampler, load_dataset
 from zoo.data.images import save_grid
+from zoo.diffusion import get_solver, list_processes, solvers_for
 from zoo.hub.cards import pretrained_lineage
 from zoo.train.checkpoint import (
     CheckpointSpaceError,
@@ -63,6 +64,8 @@ from zoo.train.distributed import (
 )
 from zoo.train.ema import EMA
 
+#: every registered solver name (the model's process narrows it at start)
+ALL_SOLVERS = sorted({name for process in list_processes() for name in solvers_for(process)})
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -140,7 +143,7 @@ class TrainConfig:
     sample_every: int = 0
     sample_n: int = 64
     sample_steps: int = 250
-    sample_sampler: str = "ddpm"
+    sample_sampler: str | None = None  # None: the first solver of the model's process (ddpm for DiT)
     sample_cfg: float = 1.0
     ckpt_every: int = 500
     keep_last: int = 3
@@ -351,14 +354,29 @@ class Trainer:
             )
 
     def _check_sample_steps(self) -> None:
-        num_timesteps = self.model.diffusion.num_timesteps
-        try:
-            self.model.diffusion.respace(self.config.sample_steps)
-        except ValueError as error:
+        """The sample grid's solver fits the model's process and its step count is possible (before any work)."""
+        model, config = self.model, self.config
+        solver = config.sample_sampler or model.solvers[0]
+        if solver not in model.solvers:
             raise ValueError(
-                f"--sample-steps {self.config.sample_steps}: the model's {num_timesteps}-step process cannot "
-                f"be respaced to it ({error}); expected 1..{num_timesteps}"
-            ) from None
+                f"--sample-sampler {solver}: not a solver of the model's {model.diffusion.process!r} process; "
+                f"expected one of {model.solvers}"
+            )
+        num_timesteps = model.diffusion.num_timesteps
+        if hasattr(model.diffusion, "respace"):  # the Gaussian diffusion respaces its T steps
+            try:
+                model.diffusion.respace(config.sample_steps)
+            except ValueError as error:
+                raise ValueError(
+                    f"--sample-steps {config.sample_steps}: the model's {num_timesteps}-step process cannot "
+                    f"be respaced to it ({error}); expected 1..{num_timesteps}"
+                ) from None
+        least = getattr(get_solver(model.diffusion.process, solver), "min_steps", 1)
+        if not least <= config.sample_steps <= num_timesteps:
+            raise ValueError(
+                f"--sample-steps {config.sample_steps}: {solver} on the model's {num_timesteps}-task process "
+                f"takes {least}..{num_timesteps} steps"
+            )
 
     def _check_timestep_sampler(self) -> None:
         """The sampler asked for is the model's; with several processes, the balancer gets what it needs.
@@ -1140,7 +1158,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     parser.add_argument("--sample-n", type=int, default=d.sample_n)
     parser.add_argument("--sample-steps", type=int, default=d.sample_steps)
-    parser.add_argument("--sample-sampler", choices=("ddpm", "ddim"), default=d.sample_sampler)
+    parser.add_argument(
+        "--sample-sampler",
+        choices=ALL_SOLVERS,
+        default=d.sample_sampler,
+        help="solver of the sample grids (default: the model's first, ddpm for DiT, euler for SiT)",
+    )
     parser.add_argument("--sample-cfg", type=float, default=d.sample_cfg)
     parser.add_argument(
         "--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps (0: only at the end)"
