@@ -38,6 +38,23 @@ def tag_overrides(parsed) -> tuple[Any, dict[str, Any]]:
     return cfg, out
 
 
+def weights_of(arch: str) -> list[dict[str, Any]]:
+    """The registered weights of a name without its tag (`describe`'s `weights`), in registration order."""
+    _load_builtin_configs()
+    return [
+        {
+            "name": cfg.name,
+            "license": cfg.license,
+            "format": cfg.format,
+            "schedule": cfg.overrides.get("schedule", "linear"),
+            "description": cfg.description,
+            "results": cfg.results,
+        }
+        for cfg in _PRETRAINED.values()
+        if cfg.arch == arch
+    ]
+
+
 def describe(name: str, **overrides: Any) -> dict[str, Any]:
     """Accepts exactly the names `zoo.create` accepts (`zoo.validate.check_recipe`: unknown tags and configs
     that cannot build are errors), with the tag's settings applied as `zoo.create(name.tag)` applies them."""
@@ -78,19 +95,7 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
         clusters = clustering.interval_clustering(
             ccfg["k"], ccfg["objective"], snr=snr, num_timesteps=dcfg["num_timesteps"]
         ).intervals
-    _load_builtin_configs()
-    weights = [
-        {
-            "name": cfg.name,
-            "license": cfg.license,
-            "format": cfg.format,
-            "schedule": cfg.overrides.get("schedule", "linear"),
-            "description": cfg.description,
-            "results": cfg.results,
-        }
-        for cfg in _PRETRAINED.values()
-        if cfg.arch == parsed.arch_name
-    ]
+    weights = weights_of(parsed.arch_name)
     return {
         "name": parsed.full_name,
         "parts": {
