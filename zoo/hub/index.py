@@ -28,9 +28,10 @@ import sys
 from typing import Any
 
 from zoo import clustering, models, mtl, routing
-from zoo.hub.info import describe, weights_of
+from zoo.hub.info import describe, intervals_of, weights_of
 from zoo.hub.registry import list_pretrained
 from zoo.registry import INDEX_FILE, LISTED_K, LIVE_REGISTRIES, parse_name, registered
+from zoo.validate import check_recipe
 
 #: what `zoo.describe(name)` reports that only the backbone decides (for a name without tag), in its order
 BACKBONE_FACTS = (
@@ -85,9 +86,12 @@ def build_index() -> dict[str, Any]:
         table: dict[str, dict[str, Any]] = {}
         for objective in names["objectives"]:
             for k in INDEXED_K:
-                info = _describe(f"{backbone}_k{k}_{objective}")
-                if info is not None:
-                    table.setdefault(objective, {})[str(k)] = info["clusters"]
+                try:  # describe's steps without its network: the checked config, then its intervals
+                    config = check_recipe(parse_name(f"{backbone}_k{k}_{objective}"), {})
+                except (TypeError, ValueError):  # e.g. the affinity objective (it needs a measured matrix)
+                    continue
+                intervals = intervals_of(config, config.pop("_affinity", None))
+                table.setdefault(objective, {})[str(k)] = json.loads(json.dumps(intervals))
         clusters[section] = table
     pretrained: dict[str, Any] = {}
     for name in list_pretrained():
@@ -122,6 +126,8 @@ def differences(expected: Any, found: Any, path: str = "") -> list[str]:
         if not out and list(expected) != list(found):
             out.append(f"{path or '(top level)'} (order)")
         return out
+    if isinstance(expected, list) and isinstance(found, list) and len(expected) == len(found):
+        return [d for i, (a, b) in enumerate(zip(expected, found)) for d in differences(a, b, f"{path}.{i}")]
     return [] if expected == found and type(expected) is type(found) else [path or "(top level)"]
 
 
