@@ -173,7 +173,10 @@ def test_every_command_prints_from_the_index_what_the_live_registries_print(pari
         assert fast == live, f"zoo {' '.join(argv)}: from the index {fast}, from the registries {live}"
     outputs = dict(zip(map(" ".join, FAST_COMMANDS), parity["fast"]))
     # the commands did their work: the whole name space, the weights, the facts, the errors
-    assert outputs["list *"][0] == 0 and len(outputs["list *"][1].splitlines()) == len(registry.list_models())
+    names = outputs["list *"][1].splitlines()
+    assert outputs["list *"][0] == 0 and names == sorted(set(names))
+    assert set(_committed()["names"]["backbones"]) < set(names)
+    assert {"dit_l_dtr_nash_k5", "sit_xl_p8_rand_famo_k8_logsnr", "adm_t_uwc"} < set(names)
     assert outputs["list nomatch*"][0] == 1
     assert (
         "  parameters 1,436,960 (fixed sin-cos pos_embed included; 1,404,192 trainable)"

@@ -1,12 +1,12 @@
-"""The name grammar and the backbone registry.
+"""The name grammar.
 
 A model name composes four independently registered parts (ARCHITECTURE.md):
 
     {backbone}[_{routing}][_{mtl}][_k{K}[_{objective}]][.{tag}]
 
 `dit_l_dtr_nash_k5` is DiT-L/2 + DTR routing + Nash-MTL over 5 timestep clusters (default
-objective). Backbones are registered here with one decorator on a tiny entrypoint (as timm does);
-routers, balancers, weightings and clustering objectives come from their own packages' registries,
+objective). Backbones (`zoo.models.register_backbone`, one decorator on a tiny entrypoint, as timm
+does), routers, balancers, weightings and clustering objectives come from their own packages' registries,
 so a new part is one file plus one decorator there and appears in the grammar automatically.
 Named recipes (aliases for a full name plus fixed overrides) can be registered explicitly.
 
