@@ -160,6 +160,7 @@ def test_a_mixed_leaderboard_samples_each_model_with_its_process_solver(tmp_path
     protocol = page.split('<table id="protocol">', 1)[1].split("</table>", 1)[0]
     assert "ddpm (1 rows)" in protocol and "flow (1 rows)" in protocol
     assert "<code>heun</code>" in protocol and "<code>ddim</code>" in protocol
+    assert "flow: heun, 2 (4 NFE)" in page and "ddpm: ddim, 3 (3 NFE)" in page  # the models table
     # --runs follows --models: only the flow recipe's checkpoints
     only = leaderboard.run_checkpoints(runs, "sit_t*")
     assert {(c.recipe, c.process) for c in only} == {("sit_t", "flow")}
