@@ -3,6 +3,8 @@
     python scripts/train_shipped.py                 # digits: classifier, 11 recipes x 3 seeds, leaderboard
     python scripts/train_shipped.py --seeds 0 --recipes dit_t dit_t_dtr
     python scripts/train_shipped.py --data mnist --seeds 0   # MNIST (28x28): the same recipes on dit_t_p4
+    python scripts/train_shipped.py --out /tmp/rerun --recipes dit_t_dtr --seeds 1   # one part, shipped files untouched
+    python scripts/train_shipped.py --recipes sit_t sit_t_dtr sit_t_nash_k5 sit_t_minsnr   # the flow process
 
 On MNIST the recipes use the patch-4 tiny backbone (`dit_t_p4`: 49 tokens per 28x28 image) so that the
 eleven runs fit a CPU budget; the recipe names are the digits names with `dit_t` -> `dit_t_p4`.
@@ -13,6 +15,11 @@ copied into zoo/pretrained/<recipe>.digits/ and listed with their sha256 in zoo/
 which zoo/hub/shipped.py registers as `<recipe>.digits`. Finally the leaderboard evaluates the
 shipped models and every checkpoint of every seed under one protocol and writes the measured
 results into the cards.
+
+`--out DIR` trains into DIR/<recipe>/seed<S> instead and touches no shipped file (no copy into the
+package, no manifest, no cards, no classifier, no committed leaderboard); `--ship` copies seed 0 anyway.
+Recipes of the flow process (`sit_*`) draw their training-time sample grids with `heun` (the DDPM
+recipes with `ddim`); their compute (steps x batch) is the same as the DDPM recipes'.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
+from zoo.config import config_from_name
 from zoo.eval.leaderboard import write_shipped_cards
 from zoo.layout import sha256_of
 
@@ -73,8 +83,18 @@ DATA = {
 }
 
 
-def train_flags(data: str) -> list[str]:
-    """Identical for every recipe of a data set: the compute budget of the comparison."""
+#: the solver of the training-time sample grids, per diffusion process (the grid is for looking only)
+GRID_SOLVER = {"ddpm": "ddim", "flow": "heun"}
+
+
+def process_of(recipe: str) -> str:
+    """The diffusion process a recipe name composes ("ddpm" unless its backbone names another)."""
+    return config_from_name(recipe)["diffusion"].get("process", "ddpm")
+
+
+def train_flags(data: str, recipe: str = "dit_t") -> list[str]:
+    """Identical for every recipe of a data set (the compute budget of the comparison) but for the
+    solver of the sample grids, which must be one of the recipe's process."""
     steps = DATA[data]["steps"]
     return [
         "--data",
@@ -96,7 +116,7 @@ def train_flags(data: str) -> list[str]:
         "--sample-steps",
         "25",
         "--sample-sampler",
-        "ddim",
+        GRID_SOLVER[process_of(recipe)],
         "--log-every",
         "50",
         "--no-progress",
@@ -109,16 +129,16 @@ def recipe_names(data: str) -> list[str]:
     return [backbone + recipe[len("dit_t") :] for recipe in DATA[data]["recipes"]]
 
 
-def train_command(recipe: str, seed: int, data: str = "digits") -> list[str]:
+def train_command(recipe: str, seed: int, data: str = "digits", runs: Path | None = None) -> list[str]:
     return [
         "zoo",
         "train",
         recipe,
-        *train_flags(data),
+        *train_flags(data, recipe),
         "--seed",
         str(seed),
         "--out",
-        str(DATA[data]["runs"] / recipe / f"seed{seed}"),
+        str((runs or DATA[data]["runs"]) / recipe / f"seed{seed}"),
     ]
 
 
@@ -132,26 +152,22 @@ def run(command: list[str], threads: int) -> None:
     subprocess.run(executable, cwd=ROOT, env=env, check=True)
 
 
-def train(recipe: str, seed: int, threads: int, data: str = "digits") -> None:
-    final = ROOT / DATA[data]["runs"] / recipe / f"seed{seed}" / "final"
+def train(recipe: str, seed: int, threads: int, data: str = "digits", runs: Path | None = None) -> None:
+    final = ROOT / (runs or DATA[data]["runs"]) / recipe / f"seed{seed}" / "final"
     if final.is_dir():
         print(f"{recipe} seed {seed}: done already ({final})", flush=True)
         return
-    run(train_command(recipe, seed, data), threads)
+    run(train_command(recipe, seed, data, runs), threads)
 
 
-def ship(recipe: str, data: str = "digits") -> dict:
+def ship(recipe: str, data: str = "digits", runs: Path | None = None) -> dict:
     """Copy seed 0's EMA model into the package and return its manifest entry."""
-    sys.path.insert(0, str(ROOT))
-
     tag = DATA[data]["tag"]
-    source = ROOT / DATA[data]["runs"] / recipe / "seed0" / "final"
+    source = ROOT / (runs or DATA[data]["runs"]) / recipe / "seed0" / "final"
     target = PRETRAINED / f"{recipe}.{tag}"
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / "config.json", target / "config.json")  # README.md: zoo.hub.cards.shipped_card
     # shipped in float16 (half the size; loading casts back to the model's float32)
-    from safetensors.torch import load_file, save_file
-
     weights = load_file(str(source / "model.safetensors"))
     half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     save_file(half, str(target / "model.safetensors"), metadata={"format": "pt", "dtype": "float16"})
@@ -160,7 +176,7 @@ def ship(recipe: str, data: str = "digits") -> dict:
         "tag": tag,
         "file": target.name,
         "sha256": sha256_of(target / "model.safetensors"),
-        "command": shlex.join(train_command(recipe, 0, data)),
+        "command": shlex.join(train_command(recipe, 0, data, runs)),
         "recipe": {
             "data": DATA[data]["split"],
             "steps": DATA[data]["steps"],
@@ -183,6 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="train into OUT/<recipe>/seed<S>; no shipped file is touched (unless --ship)",
+    )
+    parser.add_argument(
+        "--ship", action="store_true", help="with --out: copy seed 0 into the package all the same"
+    )
     parser.add_argument("--skip-classifier", action="store_true")
     parser.add_argument("--skip-leaderboard", action="store_true")
     parser.add_argument(
@@ -192,13 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.cards_only:
-        sys.path.insert(0, str(ROOT))
-
         for path in write_shipped_cards():
             print(f"wrote {path.relative_to(ROOT)}")
         return 0
     recipes = args.recipes or recipe_names(args.data)
-    if not args.skip_classifier:
+    for recipe in recipes:
+        process_of(recipe)  # an unknown name fails here, before any training
+    ship_models = args.out is None or args.ship
+    if not args.skip_classifier and args.out is None:
         run(
             [
                 "python",
@@ -213,17 +239,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     jobs = [(recipe, seed) for seed in args.seeds for recipe in recipes]  # seed 0 of every recipe first
     with ThreadPoolExecutor(args.jobs) as pool:
-        for future in [pool.submit(train, recipe, seed, 1, args.data) for recipe, seed in jobs]:
+        futures = [pool.submit(train, recipe, seed, 1, args.data, args.out) for recipe, seed in jobs]
+        for future in futures:
             future.result()
-    if 0 in args.seeds:
+    if 0 in args.seeds and ship_models:
         manifest_path = PRETRAINED / "shipped.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         for recipe in recipes:
-            manifest[f"{recipe}.{DATA[args.data]['tag']}"] = ship(recipe, args.data)
+            manifest[f"{recipe}.{DATA[args.data]['tag']}"] = ship(recipe, args.data, args.out)
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
         write_shipped_cards([f"{recipe}.{DATA[args.data]['tag']}" for recipe in recipes])
-    if not args.skip_leaderboard:
+    if not args.skip_leaderboard and args.out is None:
         runs = str(DATA[args.data]["runs"])
         out = "benchmarks/results"  # run from the repository root (cwd=ROOT): the committed results
         run(["zoo", "leaderboard", "--data", args.data, "--runs", runs, "--out", out, "--write-cards"], 2)
