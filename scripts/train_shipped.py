@@ -14,7 +14,8 @@ Every recipe gets the SAME compute (steps x batch, see train_flags). Runs go to 
 copied into zoo/pretrained/<recipe>.digits/ and listed with their sha256 in zoo/pretrained/shipped.json,
 which zoo/hub/shipped.py registers as `<recipe>.digits`. Finally the leaderboard evaluates the
 shipped models and every checkpoint of every seed under one protocol and writes the measured
-results into the cards.
+results into the cards. Last, `python -m zoo.hub.index` rewrites the registries' index
+(zoo/registry_index.json: what `zoo list` / `zoo info` read), which copies the manifest's facts.
 
 `--out DIR` trains into DIR/<recipe>/seed<S> instead and touches no shipped file (no copy into the
 package, no manifest, no cards, no classifier, no committed leaderboard); `--ship` copies seed 0 anyway.
@@ -242,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         futures = [pool.submit(train, recipe, seed, 1, args.data, args.out) for recipe, seed in jobs]
         for future in futures:
             future.result()
-    if 0 in args.seeds and ship_models:
+    shipped = 0 in args.seeds and ship_models
+    evaluated = (
+        not args.skip_leaderboard and args.out is None
+    )  # the leaderboard writes its results into the manifest
+    if shipped:
         manifest_path = PRETRAINED / "shipped.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         for recipe in recipes:
@@ -250,10 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
         write_shipped_cards([f"{recipe}.{DATA[args.data]['tag']}" for recipe in recipes])
-    if not args.skip_leaderboard and args.out is None:
+    if evaluated:
         runs = str(DATA[args.data]["runs"])
         out = "benchmarks/results"  # run from the repository root (cwd=ROOT): the committed results
         run(["zoo", "leaderboard", "--data", args.data, "--runs", runs, "--out", out, "--write-cards"], 2)
+    if shipped or evaluated:  # the manifest changed: the registries' index copies its facts
+        run(["python", "-m", "zoo.hub.index"], 2)
     return 0
 
 

@@ -18,7 +18,7 @@ import zoo.routing.registry
 from torch import nn
 
 import zoo
-from zoo import registry as zoo_registry
+import zoo.config
 
 
 class ToyNet(nn.Module):
@@ -178,7 +178,7 @@ MISSES = {
     "objective": lambda: zoo.clustering.objectives.get_objective("snrr"),
     "model name": lambda: zoo.parse_name("dit_q_dtr"),
     "model config": lambda: zoo.config_from_name("dit_t_nashh_k5"),
-    "zoo backbone": lambda: zoo_registry.backbone_spec("dit_q"),
+    "zoo backbone": lambda: zoo.config.backbone_spec("dit_q"),
     "pretrained tag": lambda: zoo.get_pretrained_cfg("dit_t.nosuchtag"),
     "create tag": lambda: zoo.create("dit_t.nosuchtag"),
 }

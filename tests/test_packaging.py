@@ -124,6 +124,28 @@ def test_wheel_ships_the_pretrained_weights_unchanged(built):
             assert got == hashlib.sha256(path.read_bytes()).hexdigest(), f"{name} differs in the wheel"
 
 
+def test_installed_list_and_info_read_the_shipped_index_without_torch(built):
+    """zoo/registry_index.json is package data: the installed `zoo list` / `zoo info` answer from it, no torch."""
+    index = "zoo/registry_index.json"
+    with zipfile.ZipFile(built["wheel"]) as archive:
+        assert archive.read(index) == (ROOT / index).read_bytes()
+    result = _user_python(
+        built,
+        """
+        import contextlib, io, json, sys
+        from zoo.cli import main
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            codes = [main(["list", "dit_t_dtr_*"]), main(["info", "dit_t.digits"])]
+        print(json.dumps({"codes": codes, "out": out.getvalue(), "torch": "torch" in sys.modules}))
+        """,
+    )
+    assert result["codes"] == [0, 0] and not result["torch"]
+    lines = result["out"].splitlines()
+    assert "dit_t_dtr_uw_k5" in lines and "dit_t.digits" in lines
+    assert "  parameters 1,274,888 (fixed sin-cos pos_embed included; 1,272,840 trainable)" in lines
+
+
 def test_console_script_is_declared(built):
     result = _user_python(
         built,

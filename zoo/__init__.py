@@ -42,7 +42,7 @@ _FACADE = {
     "list_models": "zoo.hub",
     "list_pretrained": "zoo.hub",
     "parse_name": "zoo.registry",
-    "register_backbone": "zoo.registry",
+    "register_backbone": "zoo.models",
     "register_pretrained": "zoo.hub",
     "register_recipe": "zoo.registry",
 }
@@ -96,11 +96,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     )
     from zoo.layout import CorruptWeightsError
     from zoo.model import DiffusionModel, LossOutput
-    from zoo.registry import (
-        UnknownModelError,
-        list_backbones,
-        parse_name,
-        register_backbone,
-        register_recipe,
-    )
+    from zoo.models import register_backbone
+    from zoo.registry import UnknownModelError, list_backbones, parse_name, register_recipe
     from zoo.train import Trainer

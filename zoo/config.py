@@ -15,7 +15,7 @@ from torch import nn
 
 from zoo import clustering, models
 from zoo.clustering import DEFAULT_SAMPLER
-from zoo.registry import ROUTING_ALIASES, ModelName, UnknownModelError, backbone_spec, parse_name
+from zoo.registry import ROUTING_ALIASES, ModelName, UnknownModelError, parse_name
 
 CONFIG_VERSION = 1
 
@@ -35,6 +35,14 @@ def arch_class(arch: str) -> type[nn.Module]:
         return models.arch_class(arch)
     except models.UnknownNameError as exc:
         raise UnknownModelError(str(exc)) from None
+
+
+def backbone_spec(name: str) -> dict[str, Any]:
+    """The architecture dict of a registered backbone: {"arch": "dit"|"adm", "kwargs": {...}}."""
+    try:
+        return models.backbone_spec(name)
+    except models.UnknownNameError as exc:
+        raise UnknownModelError(f"{exc} (zoo.list_models() lists valid names)") from None
 
 
 def arch_arguments(arch: str) -> set[str]:

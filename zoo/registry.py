@@ -1,26 +1,35 @@
-"""The name grammar and the backbone registry.
+"""The name grammar.
 
 A model name composes four independently registered parts (ARCHITECTURE.md):
 
     {backbone}[_{routing}][_{mtl}][_k{K}[_{objective}]][.{tag}]
 
 `dit_l_dtr_nash_k5` is DiT-L/2 + DTR routing + Nash-MTL over 5 timestep clusters (default
-objective). Backbones are registered here with one decorator on a tiny entrypoint (as timm does);
-routers, balancers, weightings and clustering objectives come from their own packages' registries,
+objective). Backbones (`zoo.models.register_backbone`, one decorator on a tiny entrypoint, as timm
+does), routers, balancers, weightings and clustering objectives come from their own packages' registries,
 so a new part is one file plus one decorator there and appears in the grammar automatically.
 Named recipes (aliases for a full name plus fixed overrides) can be registered explicitly.
+
+This module imports no part (and no torch): the names of a part come from its own registry once this process
+has imported it (its run-time registrations count), and until then from the index of the built-in registries,
+`registry_index.json` beside this file (written by `python -m zoo.hub.index`, which tests/test_registry_index.py
+checks against the live registries). The index also holds what `zoo.describe` reports of each built-in
+backbone and `name.tag`, so `zoo list` and `zoo info` answer without torch (`indexed_description`).
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import itertools
+import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-
-from zoo import clustering, models, mtl, routing
 
 #: default K when a balancer is named without `_k{K}` (ANT's default number of clusters)
 DEFAULT_K = 5
@@ -30,6 +39,18 @@ DEFAULT_OBJECTIVE = "uniform"
 ROUTING_ALIASES = {"rand": "random"}
 #: the K values enumerated by list_models (any K parses)
 LISTED_K = (5, 8)
+#: the generated index of the built-in registries (module docstring; `python -m zoo.hub.index` rewrites it)
+INDEX_FILE = Path(__file__).resolve().with_name("registry_index.json")
+#: kind of name -> (the part's module, the function listing its registry): what the index stands in for
+LIVE_REGISTRIES = {
+    "backbones": ("zoo.models", "list_backbones"),
+    "routers": ("zoo.routing", "list_routers"),
+    "balancers": ("zoo.mtl", "list_balancers"),
+    "weightings": ("zoo.mtl", "list_weightings"),
+    "objectives": ("zoo.clustering", "list_objectives"),
+}
+#: the module whose import makes the weights registry (and `zoo.describe`) the one that answers
+WEIGHTS_REGISTRY = "zoo.hub"
 
 _RECIPES: dict[str, tuple[str, dict[str, Any]]] = {}
 
@@ -45,9 +66,23 @@ class UnknownModelError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
-def register_backbone(name: str):
-    """Register a backbone entrypoint (`zoo.models.register_backbone`; kept here for the facade)."""
-    return models.register_backbone(name)
+@functools.cache
+def load_index() -> dict[str, Any]:
+    """The index of the built-in registries (read once; `python -m zoo.hub.index` regenerates it)."""
+    try:
+        return json.loads(INDEX_FILE.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{INDEX_FILE} is missing (it ships with the package; `python -m zoo.hub.index` writes it)"
+        ) from None
+
+
+def registered(kind: str) -> list[str]:
+    """The names of one kind (`LIVE_REGISTRIES`), sorted: the part's live registry once this process has
+    imported the part, otherwise the index (no import: the part's torch stays unloaded)."""
+    module, lister = LIVE_REGISTRIES[kind]
+    live = getattr(sys.modules.get(module), lister, None)
+    return sorted(live()) if live is not None else list(load_index()["names"][kind])
 
 
 def register_recipe(name: str, target: str, **overrides: Any) -> None:
@@ -59,32 +94,41 @@ def register_recipe(name: str, target: str, **overrides: Any) -> None:
 
 
 def list_backbones() -> list[str]:
-    return models.list_backbones()
-
-
-def backbone_spec(name: str) -> dict[str, Any]:
-    """The architecture dict of a registered backbone: {"arch": "dit"|"adm", "kwargs": {...}}."""
-    try:
-        return models.backbone_spec(name)
-    except models.UnknownNameError as exc:
-        raise UnknownModelError(f"{exc} (zoo.list_models() lists valid names)") from None
+    return registered("backbones")
 
 
 def routing_names() -> list[str]:
-    names = set(routing.list_routers()) - {"none"}
+    names = set(registered("routers")) - {"none"}
     return sorted(names | {alias for alias, target in ROUTING_ALIASES.items() if target in names})
 
 
 def balancer_names() -> list[str]:
-    return sorted(mtl.list_balancers())
+    return registered("balancers")
 
 
 def weighting_names() -> list[str]:
-    return sorted(set(mtl.list_weightings()) - {"none"})
+    return sorted(set(registered("weightings")) - {"none"})
 
 
 def objective_names() -> list[str]:
-    return sorted(clustering.list_objectives())
+    return registered("objectives")
+
+
+def is_location(value: Any) -> bool:
+    """A weights location, never a registry name: `local-dir:`, `hf-hub:`, a Path, or a string written as a
+    path (absolute, `./x`, `../x`, `~/x`, or holding a `/`). A folder in the current directory named like a
+    model (`./dit_t`) therefore never shadows the registry's `dit_t`."""
+    if isinstance(value, Path):
+        return True
+    if not isinstance(value, str):
+        return False
+    return (
+        value.startswith(("local-dir:", "hf-hub:", "~"))
+        or value in (".", "..")
+        or os.path.isabs(value)
+        or "/" in value
+        or os.sep in value
+    )
 
 
 @dataclass(frozen=True)
@@ -135,8 +179,9 @@ def parse_name(name: str) -> ModelName:
     tokens = base.split("_")
     # longest registered backbone prefix (so dit_s_p4 wins over dit_s)
     backbone = None
+    backbones = set(list_backbones())
     for cut in range(len(tokens), 0, -1):
-        if models.is_backbone("_".join(tokens[:cut])):
+        if "_".join(tokens[:cut]) in backbones:
             backbone, rest = "_".join(tokens[:cut]), tokens[cut:]
             break
     if backbone is None:
@@ -190,14 +235,14 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def _composable_names() -> list[str]:
     routers = [None, *sorted(set(routing_names()) - set(ROUTING_ALIASES.values()))]
-    mtls = [None, *balancer_names(), *weighting_names()]
+    balancers = balancer_names()
+    mtls = [None, *balancers, *weighting_names()]
+    objectives = [None, *sorted(set(objective_names()) - {DEFAULT_OBJECTIVE})]
     names = set(_RECIPES)
     for backbone, router, method in itertools.product(list_backbones(), routers, mtls):
         head = "_".join(p for p in (backbone, router, method) if p)
-        if method in balancer_names():
-            for k, objective in itertools.product(
-                LISTED_K, [None, *sorted(set(objective_names()) - {DEFAULT_OBJECTIVE})]
-            ):
+        if method in balancers:
+            for k, objective in itertools.product(LISTED_K, objectives):
                 names.add(f"{head}_k{k}" + (f"_{objective}" if objective else ""))
         else:
             names.add(head)
@@ -220,3 +265,66 @@ def _unknown_message(kind: str, name: str, pool: list[str]) -> str:
     matches = difflib.get_close_matches(name.partition(".")[0], pool, n=5, cutoff=0.4)
     hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
     return f"unknown {kind} {name!r}.{hint} (zoo.list_models() lists valid names)"
+
+
+# ------------------------------------------------------------------ what the index answers without torch
+
+
+def pretrained_matches(name: str, pattern: str) -> bool:
+    """Whether `zoo.list_pretrained(pattern)` lists the `arch.tag` `name` (the pattern may match the arch)."""
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name.split(".")[0], pattern)
+
+
+def indexed_pretrained(pattern: str = "*") -> list[str] | None:
+    """`zoo.list_pretrained(pattern)` read from the index; None once this process has imported the weights
+    registry (zoo.hub), which then answers (weights registered at run time count)."""
+    if WEIGHTS_REGISTRY in sys.modules:
+        return None
+    return [name for name in load_index()["pretrained"] if pretrained_matches(name, pattern)]
+
+
+def indexed_description(name: str) -> dict[str, Any] | None:
+    """`zoo.describe(name)` read from the index, without torch; an unparsable name raises as there.
+
+    None where `zoo.describe` must answer: once this process has imported the weights registry (zoo.hub), and
+    for what the index does not hold: a weights folder, a recipe's overrides, a backbone or `name.tag` whose
+    config does not build, an unknown tag, a (K, objective) the index has no intervals for (it holds K = 1 and
+    the K that `list_models` enumerates, `LISTED_K`).
+    """
+    if WEIGHTS_REGISTRY in sys.modules or is_location(name):
+        return None
+    parsed = parse_name(name)
+    index = load_index()
+    if parsed.overrides:
+        return None
+    weights = index["weights"].get(parsed.arch_name, [])
+    if parsed.tag:
+        stored = index["pretrained"].get(parsed.full_name)
+        if stored is None:
+            return None
+        return {**stored, "clusters": [tuple(c) for c in stored["clusters"]], "weights": weights}
+    facts = index["backbones"].get(parsed.backbone)
+    if facts is None:
+        return None
+    section = json.dumps(facts["diffusion"], sort_keys=True)
+    objective = parsed.objective or DEFAULT_OBJECTIVE
+    intervals = index["clusters"].get(section, {}).get(objective, {}).get(str(parsed.k or 1))
+    if intervals is None:
+        return None
+    balancer = parsed.balancer or "linear"
+    return {
+        "name": parsed.full_name,
+        "parts": {
+            "backbone": parsed.backbone,
+            "routing": parsed.routing or "none",
+            "mtl": balancer,
+            "weighting": parsed.weighting or "none",
+            "clusters": parsed.k or 1,
+            "objective": objective,
+        },
+        **facts,
+        "clusters": [tuple(c) for c in intervals],
+        "routing": {"name": ROUTING_ALIASES.get(parsed.routing, parsed.routing)} if parsed.routing else None,
+        "mtl": {"name": balancer},
+        "weights": weights,
+    }

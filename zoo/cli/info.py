@@ -1,4 +1,8 @@
-"""`zoo info NAME`: the parts, parameters, GFLOPs, clusters and registered weights of a model name."""
+"""`zoo info NAME`: the parts, parameters, GFLOPs, clusters and registered weights of a model name.
+
+Built-in names are read from the registries' index (zoo/registry.py, `indexed_description`: no torch);
+a weights folder, a K the index does not hold, ... go through `zoo.describe`. Same output either way.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import json
 
 import zoo
+from zoo import registry
 
 HELP = "parts, parameters, GFLOPs, clusters and weights of a name"
 
@@ -16,7 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = zoo.describe(args.name)
+    # the registries' index answers for the built-in names without torch; zoo.describe for the rest
+    info = registry.indexed_description(args.name)
+    if info is None:
+        info = zoo.describe(args.name)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0

@@ -21,8 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # the composable space needs only the registry; the weights' registry (zoo.hub) only for --pretrained
-    names = zoo.list_pretrained(args.pattern) if args.pretrained else registry.list_models(args.pattern)
+    # both lists come from the registries' index (zoo/registry.py: no torch); zoo.hub only once it is imported
+    if args.pretrained:
+        names = registry.indexed_pretrained(args.pattern)
+        if names is None:
+            names = zoo.list_pretrained(args.pattern)
+    else:
+        names = registry.list_models(args.pattern)
     for name in names:
         print(name)
     if not names:

@@ -13,7 +13,6 @@ both hashes and is never loaded. Foreign formats (the original DiT `.pt`, diffus
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from zoo.layout import (
     verify_sha256,
 )
 from zoo.model import DiffusionModel, check_warm_start
-from zoo.registry import UnknownModelError, parse_name
+from zoo.registry import UnknownModelError, is_location, parse_name
 from zoo.validate import check_recipe
 
 
@@ -131,23 +130,6 @@ def _location_folder(spec: str) -> Path:
     else:
         folder = Path(spec).expanduser()
     return folder
-
-
-def is_location(value: Any) -> bool:
-    """A weights location, never a registry name: `local-dir:`, `hf-hub:`, a Path, or a string written as a
-    path (absolute, `./x`, `../x`, `~/x`, or holding a `/`). A folder in the current directory named like a
-    model (`./dit_t`) therefore never shadows the registry's `dit_t`."""
-    if isinstance(value, Path):
-        return True
-    if not isinstance(value, str):
-        return False
-    return (
-        value.startswith(("local-dir:", "hf-hub:", "~"))
-        or value in (".", "..")
-        or os.path.isabs(value)
-        or "/" in value
-        or os.sep in value
-    )
 
 
 def _path_hint(value: Any) -> str:

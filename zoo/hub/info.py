@@ -38,6 +38,43 @@ def tag_overrides(parsed) -> tuple[Any, dict[str, Any]]:
     return cfg, out
 
 
+def intervals_of(config: dict[str, Any], affinity: Any = None) -> list:
+    """The timestep intervals of a config's clusters (`describe`'s `clusters`): the config's own, or those
+    its objective finds over its process's SNR (or over `affinity`, for the affinity objective)."""
+    dcfg = config["diffusion"]
+    snr = build_process(dcfg).snr
+    ccfg = config["clustering"]
+    if ccfg.get("intervals"):
+        return [list(interval) for interval in ccfg["intervals"]]
+    if ccfg["objective"] == "affinity":
+        return clustering.interval_clustering(
+            ccfg["k"],
+            "affinity",
+            affinity=torch.as_tensor(affinity, dtype=torch.float64),
+            num_timesteps=dcfg["num_timesteps"],
+        ).intervals
+    return clustering.interval_clustering(
+        ccfg["k"], ccfg["objective"], snr=snr, num_timesteps=dcfg["num_timesteps"]
+    ).intervals
+
+
+def weights_of(arch: str) -> list[dict[str, Any]]:
+    """The registered weights of a name without its tag (`describe`'s `weights`), in registration order."""
+    _load_builtin_configs()
+    return [
+        {
+            "name": cfg.name,
+            "license": cfg.license,
+            "format": cfg.format,
+            "schedule": cfg.overrides.get("schedule", "linear"),
+            "description": cfg.description,
+            "results": cfg.results,
+        }
+        for cfg in _PRETRAINED.values()
+        if cfg.arch == arch
+    ]
+
+
 def describe(name: str, **overrides: Any) -> dict[str, Any]:
     """Accepts exactly the names `zoo.create` accepts (`zoo.validate.check_recipe`: unknown tags and configs
     that cannot build are errors), with the tag's settings applied as `zoo.create(name.tag)` applies them."""
@@ -63,34 +100,8 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
     if config["backbone"]["arch"] == "dit":
         flops = gflops(net)
     dcfg = config["diffusion"]
-    snr = build_process(dcfg).snr
-    ccfg = config["clustering"]
-    if ccfg.get("intervals"):
-        clusters = [list(interval) for interval in ccfg["intervals"]]
-    elif ccfg["objective"] == "affinity":
-        clusters = clustering.interval_clustering(
-            ccfg["k"],
-            "affinity",
-            affinity=torch.as_tensor(affinity, dtype=torch.float64),
-            num_timesteps=dcfg["num_timesteps"],
-        ).intervals
-    else:
-        clusters = clustering.interval_clustering(
-            ccfg["k"], ccfg["objective"], snr=snr, num_timesteps=dcfg["num_timesteps"]
-        ).intervals
-    _load_builtin_configs()
-    weights = [
-        {
-            "name": cfg.name,
-            "license": cfg.license,
-            "format": cfg.format,
-            "schedule": cfg.overrides.get("schedule", "linear"),
-            "description": cfg.description,
-            "results": cfg.results,
-        }
-        for cfg in _PRETRAINED.values()
-        if cfg.arch == parsed.arch_name
-    ]
+    clusters = intervals_of(config, affinity)
+    weights = weights_of(parsed.arch_name)
     return {
         "name": parsed.full_name,
         "parts": {

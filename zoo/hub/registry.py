@@ -7,11 +7,10 @@ first look-up, not as an import side effect. `register_pretrained` adds one of y
 from __future__ import annotations
 
 import difflib
-import fnmatch
 
 from zoo.hub.pretrained import PRETRAINED, PretrainedCfg
 from zoo.hub.shipped import shipped_cfgs
-from zoo.registry import UnknownModelError, parse_name
+from zoo.registry import UnknownModelError, parse_name, pretrained_matches
 
 _PRETRAINED: dict[str, PretrainedCfg] = {}
 
@@ -29,11 +28,7 @@ def register_pretrained(cfg: PretrainedCfg) -> PretrainedCfg:
 def list_pretrained(pattern: str = "*") -> list[str]:
     """`arch.tag` names with weights, fnmatch-filtered (the first tag of an arch is its default)."""
     _load_builtin_configs()
-    return [
-        n
-        for n in _PRETRAINED
-        if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.split(".")[0], pattern)
-    ]
+    return [n for n in _PRETRAINED if pretrained_matches(n, pattern)]
 
 
 def get_pretrained_cfg(name: str) -> PretrainedCfg:
