@@ -152,7 +152,14 @@ def run_data(data: str, seeds: tuple[int, ...] = SEEDS) -> Path:
     evaluator = Evaluator(settings)
     started = time.perf_counter()
     result: dict = {"data": data, **{k: v for k, v in spec.items() if k != "arms"}, "arms": {}}
-    result["protocol"] = {k: getattr(settings, k) for k in ("samples", "steps", "sampler", "cfg", "seed")}
+    ddpm = settings.choice("ddpm")  # the study's models are DDPM ones: their solver and steps
+    result["protocol"] = {
+        "samples": settings.samples,
+        "steps": ddpm.steps,
+        "sampler": ddpm.solver,
+        "cfg": settings.cfg,
+        "seed": settings.seed,
+    }
     previous_path = result_path(data, seeds)
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
     if previous.get("steps") != spec["steps"] or previous.get("protocol") != result["protocol"]:

@@ -288,13 +288,14 @@ def test_zoo_sample_prints_the_nfe(model, monkeypatch, tmp_path, capsys):
 def test_zoo_leaderboard_solver_steps_flags_and_settings():
     parser = leaderboard.add_leaderboard_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--solver", "dpm++2m", "--steps", "20", "--grid", "karras"])
-    assert (args.sampler, args.steps, args.grid) == ("dpm++2m", 20, "karras")
-    assert parser.parse_args(["--sampler", "ddpm"]).sampler == "ddpm"
+    assert (args.solvers, args.steps, args.grid) == (["dpm++2m"], 20, "karras")
+    assert parser.parse_args(["--sampler", "ddpm"]).solvers == ["ddpm"]
     settings = leaderboard.LeaderboardSettings(sampler="dpm++2m", steps=20, grid="karras")
-    assert settings.solver_options == {"grid": "karras"}
+    assert settings.choice("ddpm").options == (("grid", "karras"),)
+    assert (settings.choice("ddpm").solver, settings.choice("ddpm").steps) == ("dpm++2m", 20)
     with pytest.raises(ValueError, match="needs steps >= 3"):
         leaderboard.LeaderboardSettings(sampler="dpm++2m", steps=2)
-    with pytest.raises(ValueError, match="takes no time grid"):
+    with pytest.raises(ValueError, match="no solver of the protocol .* takes a time grid"):
         leaderboard.LeaderboardSettings(sampler="ddpm", grid="karras")
 
 

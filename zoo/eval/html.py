@@ -2,8 +2,9 @@
 
 Images are inlined as data: URIs and the small sort script and style sheet are in the page, so the file
 opens anywhere, offline. It shows the table of shipped models (click a header to sort; numbers sort as
-numbers), the statistics over training seeds with the tests against plain training (zoo.eval.record,
-zoo.eval.stats), the protocol, each model's sample grid, FID against training step and, when a solvers
+numbers) with each row's process and solver, the statistics over training seeds with the tests against
+the plain training of the same process (zoo.eval.record, zoo.eval.stats), the protocol of each process
+(one column per process), each model's sample grid, FID against training step and, when a solvers
 benchmark is present beside the JSON (solvers*.png), FID against NFE, with relative links to the model
 cards (zoo/pretrained/<name>/README.md).
 
@@ -29,7 +30,7 @@ from typing import Any
 
 from zoo.eval import metrics as evaluate
 from zoo.eval import record
-from zoo.eval.leaderboard import DEFAULT_OUT, plot_curves, summarize_seeds
+from zoo.eval.leaderboard import DEFAULT_OUT, plot_curves, rows_by_process, summarize_seeds
 from zoo.eval.metrics import KID_SUBSET_SIZE
 from zoo.hub import PACKAGE_WEIGHTS
 
@@ -204,23 +205,34 @@ def _derived_protocol(shared: dict[str, Any], settings: dict[str, Any]) -> dict[
     return out
 
 
+def _protocol_cell(key: str, shared: dict[str, Any], varying: list[str], derived: dict) -> str:
+    if key in shared:
+        return f"<code>{_e(shared[key])}</code>"
+    if key in varying:
+        return '<span class="muted">differs between rows, or only some record it (see the JSON)</span>'
+    if key in derived:
+        value, why = derived[key]
+        return f'<code>{_e(value)}</code> <span class="muted">(not recorded; {_e(why)})</span>'
+    return '<span class="muted">not recorded (JSON written before this field)</span>'
+
+
 def _protocol_section(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
-    shared: dict[str, Any] = {}
-    if rows:
-        first = rows[0]["protocol"]
-        shared = {k: v for k, v in first.items() if k not in ("model", "weights_sha256", "training_step")}
-    keys = list(EXPECTED_PROTOCOL) + [k for k in shared if k not in EXPECTED_PROTOCOL]
-    derived = _derived_protocol(shared, settings)
-    lines = ['<table id="protocol"><tbody>']
+    """The protocol of each process: one column per process, one row per field."""
+    groups = rows_by_process(rows)
+    columns = []
+    for process, group in groups.items():
+        shared, varying = record.shared_protocol(group)
+        columns.append((process, len(group), shared, varying, _derived_protocol(shared, settings)))
+    extra = [k for _, _, shared, varying, _ in columns for k in [*shared, *varying]]
+    keys = list(dict.fromkeys([*EXPECTED_PROTOCOL, *extra]))
+    heads = "".join(f'<th class="text">{_e(p)} ({n} rows)</th>' for p, n, *_ in columns)
+    lines = [f'<table id="protocol"><thead><tr><th class="text">field</th>{heads}</tr></thead><tbody>']
     for key in keys:
-        if key in shared:
-            shown = f"<code>{_e(shared[key])}</code>"
-        elif key in derived:
-            value, why = derived[key]
-            shown = f'<code>{_e(value)}</code> <span class="muted">(not recorded; {_e(why)})</span>'
-        else:
-            shown = '<span class="muted">not recorded (JSON written before this field)</span>'
-        lines.append(f'<tr><th class="text">{_e(key)}</th><td class="text">{shown}</td></tr>')
+        cells = "".join(
+            f'<td class="text">{_protocol_cell(key, shared, varying, derived)}</td>'
+            for _, _, shared, varying, derived in columns
+        )
+        lines.append(f'<tr><th class="text">{_e(key)}</th>{cells}</tr>')
     lines.append("</tbody></table>")
     settings_text = ", ".join(f"{k}={v}" for k, v in settings.items())
     lines.append(f'<p class="muted">Leaderboard settings: <code>{_e(settings_text)}</code></p>')
@@ -231,6 +243,7 @@ def _models_table(
     rows: list[dict[str, Any]], summary: dict[str, dict[str, Any]], tests: dict, page_dir: Path
 ) -> str:
     heads = ['<th class="text" data-type="text">model</th>']
+    heads += ['<th class="text" data-type="text">process: solver, steps (NFE)</th>']
     heads += [f'<th data-type="number">{_e(label)}</th>' for _, label, _ in TABLE_METRICS]
     heads += [
         '<th data-type="number">FID of the recipe over training seeds (mean ± std)</th>',
@@ -244,6 +257,12 @@ def _models_table(
         link = card_link(name, page_dir)
         label = f'<a href="{_e(link)}">{_e(name)}</a>' if link else _e(name)
         cells = [f'<td class="text" data-value="{_e(name)}">{label}</td>']
+        protocol = row["protocol"]
+        solver = protocol.get("solver") or protocol.get("sampler")
+        nfe = f" ({protocol['nfe']} NFE)" if "nfe" in protocol else ""
+        cells.append(
+            f'<td class="text">{_e(record.row_process(row))}: {_e(solver)}, {_e(protocol["steps"])}{_e(nfe)}</td>'
+        )
         for metric, _, _ in TABLE_METRICS:
             value = record.column(row, metric)
             if metric == "kid":
@@ -364,7 +383,7 @@ def render_page(
     summary = summarize_seeds(curves) if curves else []
     comparisons = record.comparisons(curves) if curves else []
     fid_tests = {c["recipe"]: c for c in comparisons if c["metric"] == record.feature_key("fid")}
-    baseline = comparisons[0]["baseline"] if comparisons else None
+    plain = ", ".join(f"<code>{_e(b)}</code> for {_e(p)}" for p, b in record.baselines(comparisons).items())
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -372,7 +391,7 @@ def render_page(
         f"<title>Leaderboard: {_e(data)}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>Leaderboard: {_e(data)}</h1>",
-        f'<p class="muted">{len(rows)} shipped models under one protocol'
+        f'<p class="muted">{len(rows)} shipped models under one protocol (one solver per process)'
         + (f"; statistics over {len(curves)} per-seed checkpoint evaluations" if curves else "")
         + (f"; rendered from <code>{_e(source)}</code>" if source else "")
         + ". FID, KID, precision, recall and IS use the shipped "
@@ -386,7 +405,7 @@ def render_page(
         parts += [
             "<h2>Over training seeds (last step)</h2>",
             f'<p class="muted">Mean ± sample std over seeds; 95 % interval from the t distribution; p-values '
-            f"against plain training (<code>{_e(baseline)}</code>) paired by seed and by Welch's test. "
+            f"against the plain training of the same process ({plain}) paired by seed and by Welch's test. "
             "A recipe is called better or worse only when p &lt; 0.05 and the difference of the means exceeds "
             "one std; one seed prints no spread. The p-values are not corrected for the "
             f"{len(comparisons)} tests made: at 0.05, about {len(comparisons) / 20:.1f} false calls are expected "

@@ -1,0 +1,308 @@
+"""The leaderboard over both processes (issue 18) and regenerating a part of it (issue 19): one solver per
+process, the missing-solver error before sampling, `--merge`, and tests against the plain recipe of the
+same process. Tiny untrained models built here (8x8, 20 samples, a few steps)."""
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+import zoo
+from zoo.eval import html, leaderboard, record
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+DIGITS_JSON = RESULTS / "leaderboard_digits.json"
+SMALL = dict(input_size=8, in_channels=1, num_classes=10)
+
+
+def tiny(name: str, seed: int = 0) -> zoo.DiffusionModel:
+    """An untrained digits-shaped model whose output head is not zero (so samples vary)."""
+    torch.manual_seed(seed)
+    model = zoo.create(name, **SMALL)
+    with torch.no_grad():
+        for p in model.net.final_layer.parameters():
+            p.normal_(0, 0.05)
+    return model.eval()
+
+
+def entry(name: str, model, calls: list | None = None) -> leaderboard.Entry:
+    def load():
+        if calls is not None:
+            calls.append(name)
+        return model
+
+    weights = b"".join(t.numpy().tobytes() for t in model.net.state_dict().values())
+    sha = hashlib.sha256(weights).hexdigest()
+    return leaderboard.Entry(name, leaderboard.model_process(model), sha, load)
+
+
+def write_run(runs: Path, recipe: str, seed: int, steps: tuple[int, ...]) -> None:
+    """A finished training run in the trainer's layout: EMA checkpoints and final/config.json."""
+    for step in steps:
+        model = tiny(recipe, seed=100 * seed + step)
+        folder = runs / recipe / f"seed{seed}" / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {"model_config": json.dumps(model.config), "ema": model.net.state_dict()}
+        torch.save(state, folder / f"step-{step:08d}.pt")
+    final = runs / recipe / f"seed{seed}" / "final"
+    final.mkdir(exist_ok=True)
+    (final / "config.json").write_text(json.dumps(model.config))
+
+
+def parse(*argv: str) -> leaderboard.LeaderboardSettings:
+    args = leaderboard.add_leaderboard_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+    return leaderboard.LeaderboardSettings(
+        steps=args.steps, solvers=tuple(args.solvers or ()), grid=args.grid
+    )
+
+
+def table(settings) -> dict[str, tuple[str, int]]:
+    return {p: (c.solver, c.steps) for p, c in settings.table.items()}
+
+
+def test_solver_flags_one_per_process_with_defaults_and_the_old_single_form():
+    assert table(parse()) == {"ddpm": ("ddim", 25), "flow": ("heun", 12)}
+    assert table(parse("--solver", "ddim", "--solver", "heun:13")) == {
+        "ddpm": ("ddim", 25),
+        "flow": ("heun", 13),
+    }
+    # the old single form: --steps moves every solver without its own :N, the defaults too
+    assert table(parse("--solver", "dpm++2m", "--steps", "10")) == {
+        "ddpm": ("dpm++2m", 10),
+        "flow": ("heun", 10),
+    }
+    assert table(parse("--sampler", "euler", "--steps", "7", "--solver", "ddim:4")) == {
+        "ddpm": ("ddim", 4),
+        "flow": ("euler", 7),
+    }
+    assert table(parse("--solver", "euler")) == {"ddpm": ("ddim", 25), "flow": ("euler", 25)}
+    karras = parse("--solver", "dpm++2m:9", "--grid", "karras")
+    assert karras.choice("ddpm").options == (("grid", "karras"),) and karras.choice("flow").options == ()
+    with pytest.raises(ValueError, match="two solvers for the 'flow' process"):
+        parse("--solver", "heun", "--solver", "euler")
+    with pytest.raises(ValueError, match="no solver of the protocol .* takes a time grid"):
+        parse("--grid", "karras")
+    with pytest.raises(ValueError, match="needs steps >= 3"):
+        parse("--solver", "dpm++2m:2")
+    with pytest.raises(SystemExit):  # argparse refuses an unknown solver and bad steps at parse time
+        parse("--solver", "heun:x")
+    with pytest.raises(SystemExit):
+        parse("--solver", "dopri5")
+    settings = parse("--solver", "heun:13")
+    assert settings.to_dict()["solvers"]["flow"] == {"solver": "heun", "steps": 13, "options": {}}
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return leaderboard.Evaluator(leaderboard.LeaderboardSettings(samples=20, batch=20, kid_subsets=3))
+
+
+def test_the_flow_default_costs_about_the_nfe_of_ddim_25(evaluator):
+    """Heun makes two net calls per step, the last included: 12 steps = 24 NFE, DDIM 25 steps = 25."""
+    model = tiny("sit_t")
+    _, _, cost = evaluator.draw(model)
+    assert (cost["solver"], cost["nfe"], cost["net_calls"]) == ("heun", 24, 24)
+    _, _, cost = evaluator.draw(tiny("dit_t"))
+    assert (cost["solver"], cost["nfe"], cost["net_calls"]) == ("ddim", 25, 25)
+
+
+def test_a_mixed_leaderboard_samples_each_model_with_its_process_solver(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for recipe in ("dit_t", "sit_t"):
+        write_run(runs, recipe, 0, (10, 20))
+    models = {"tiny_dit.digits": tiny("dit_t"), "tiny_sit.digits": tiny("sit_t_dtr")}
+    settings = leaderboard.LeaderboardSettings(
+        samples=20, batch=10, kid_subsets=3, solvers=("ddim:3", "heun:2")
+    )
+    payload = leaderboard.run_leaderboard(
+        settings,
+        out=tmp_path / "out",
+        runs=runs,
+        curve_samples=10,
+        entries=[entry(n, m) for n, m in models.items()],
+        tag="mixed",
+        page_writer=html.write_page,
+    )
+    rows = {r["model"]: r["protocol"] for r in payload["results"]}
+    # measured, not assumed: DDIM 3 steps = 3 NFE; Heun 2 steps = 4 NFE; two batches of 10 each
+    assert {k: rows["tiny_dit.digits"][k] for k in ("process", "solver", "sampler", "steps", "nfe")} == {
+        "process": "ddpm",
+        "solver": "ddim",
+        "sampler": "ddim",
+        "steps": 3,
+        "nfe": 3,
+    }
+    assert rows["tiny_dit.digits"]["net_calls"] == 6
+    assert {k: rows["tiny_sit.digits"][k] for k in ("process", "solver", "sampler", "steps", "nfe")} == {
+        "process": "flow",
+        "solver": "heun",
+        "sampler": "heun",
+        "steps": 2,
+        "nfe": 4,
+    }
+    assert rows["tiny_sit.digits"]["net_calls"] == 8
+    curves = {(c["recipe"], c["step"]): c["protocol"] for c in payload["curves"]}
+    assert set(curves) == {("dit_t", 10), ("dit_t", 20), ("sit_t", 10), ("sit_t", 20)}
+    assert {(p["process"], p["solver"], p["nfe"], p["num_samples"]) for p in curves.values()} == {
+        ("ddpm", "ddim", 3, 10),
+        ("flow", "heun", 4, 10),
+    }
+    markdown = (tmp_path / "out" / "leaderboard_mixed.md").read_text()
+    ddpm_line = next(line for line in markdown.splitlines() if line.startswith("Protocol (ddpm, 1 rows)"))
+    flow_line = next(line for line in markdown.splitlines() if line.startswith("Protocol (flow, 1 rows)"))
+    assert "solver=ddim" in ddpm_line and "steps=3" in ddpm_line and "nfe=3" in ddpm_line
+    assert "solver=heun" in flow_line and "steps=2" in flow_line and "nfe=4" in flow_line
+    page = (tmp_path / "out" / "leaderboard_mixed.html").read_text()
+    protocol = page.split('<table id="protocol">', 1)[1].split("</table>", 1)[0]
+    assert "ddpm (1 rows)" in protocol and "flow (1 rows)" in protocol
+    assert "<code>heun</code>" in protocol and "<code>ddim</code>" in protocol
+    assert "flow: heun, 2 (4 NFE)" in page and "ddpm: ddim, 3 (3 NFE)" in page  # the models table
+    # --runs follows --models: only the flow recipe's checkpoints
+    only = leaderboard.run_checkpoints(runs, "sit_t*")
+    assert {(c.recipe, c.process) for c in only} == {("sit_t", "flow")}
+    assert {c.recipe for c in leaderboard.run_checkpoints(runs, "*.digits")} == {"dit_t", "sit_t"}
+
+
+def test_a_process_without_a_solver_is_refused_before_any_sampling(tmp_path):
+    calls: list[str] = []
+    settings = leaderboard.LeaderboardSettings(samples=20, defaults={"ddpm": "ddim:2"})  # no flow solver
+    entries = [entry("a_dit.digits", tiny("dit_t"), calls), entry("b_sit.digits", tiny("sit_t"), calls)]
+    with pytest.raises(
+        leaderboard.MissingSolverError, match=r"b_sit\.digits \(flow\).*\['euler', 'heun', 'sde'\]"
+    ):
+        leaderboard.run_leaderboard(settings, out=tmp_path / "out", entries=entries)
+    assert calls == [] and not (tmp_path / "out").exists()  # nothing loaded, sampled or written
+    runs = tmp_path / "runs"
+    write_run(runs, "sit_t", 0, (5,))
+    with pytest.raises(leaderboard.MissingSolverError, match=r"sit_t@seed0 step 5 \(flow\)"):
+        leaderboard.run_leaderboard(settings, out=tmp_path / "out", entries=entries[:1], runs=runs)
+    assert calls == []
+    with pytest.raises(leaderboard.MissingSolverError, match="no solver for the 'flow' process"):
+        leaderboard.Evaluator(settings).draw(tiny("sit_t"))
+
+
+def test_merge_keeps_equal_protocols_drops_changed_ones_and_replaces_reevaluated_rows(tmp_path, capsys):
+    dit, sit = tiny("dit_t"), tiny("sit_t")
+    base = dict(samples=20, batch=20, kid_subsets=3)
+    first = leaderboard.run_leaderboard(
+        leaderboard.LeaderboardSettings(**base, solvers=("ddim:3", "heun:2")),
+        out=tmp_path / "first",
+        entries=[entry("a_dit.digits", dit), entry("b_sit.digits", sit)],
+    )
+    old_sit = next(r for r in first["results"] if r["model"] == "b_sit.digits")
+    # the same protocol: the DDPM row is kept as it was, the flow row is re-evaluated (new weights)
+    retrained = tiny("sit_t", seed=7)
+    second = leaderboard.run_leaderboard(
+        leaderboard.LeaderboardSettings(**base, solvers=("ddim:3", "heun:2")),
+        out=tmp_path / "second",
+        entries=[entry("b_sit.digits", retrained)],
+        merge=tmp_path / "first" / "leaderboard_digits.json",
+    )
+    rows = {r["model"]: r for r in second["results"]}
+    assert set(rows) == {"a_dit.digits", "b_sit.digits"}
+    assert rows["a_dit.digits"] == next(r for r in first["results"] if r["model"] == "a_dit.digits")
+    assert rows["b_sit.digits"]["protocol"]["weights_sha256"] != old_sit["protocol"]["weights_sha256"]
+    assert rows["b_sit.digits"]["fid_classifier"] != old_sit["fid_classifier"]
+    assert second["merged"]["kept"]["results"] == ["a_dit.digits"]
+    assert second["merged"]["replaced"]["results"] == 1 and second["merged"]["dropped"] == []
+    written = json.loads((tmp_path / "second" / "leaderboard_digits.json").read_text())
+    assert {r["model"] for r in written["results"]} == {"a_dit.digits", "b_sit.digits"}
+    # a changed DDPM protocol (4 steps, not 3) drops the old DDPM row, with the reason printed
+    capsys.readouterr()
+    third = leaderboard.run_leaderboard(
+        leaderboard.LeaderboardSettings(**base, solvers=("ddim:4", "heun:2")),
+        out=tmp_path / "third",
+        entries=[entry("c_sit.digits", tiny("sit_t", seed=3))],
+        merge=first,
+    )
+    printed = capsys.readouterr().out
+    assert "dropped results row a_dit.digits: steps: 3 != 4" in printed
+    assert {r["model"] for r in third["results"]} == {"b_sit.digits", "c_sit.digits"}  # flow: still equal
+    (dropped,) = third["merged"]["dropped"]
+    assert dropped["row"] == "a_dit.digits" and "sampler" not in dropped["reason"]
+    # a measured field is compared with a row of the same process this run measured
+    tampered = json.loads(json.dumps(first))
+    next(r for r in tampered["results"] if r["model"] == "b_sit.digits")["protocol"]["nfe"] = 5
+    fourth = leaderboard.run_leaderboard(
+        leaderboard.LeaderboardSettings(**base, solvers=("ddim:3", "heun:2")),
+        out=tmp_path / "fourth",
+        entries=[entry("c_sit.digits", tiny("sit_t", seed=3))],
+        merge=tampered,
+    )
+    assert {r["model"] for r in fourth["results"]} == {"a_dit.digits", "c_sit.digits"}
+    assert "nfe: 5 != 4" in fourth["merged"]["dropped"][0]["reason"]
+    # another data set's leaderboard is refused
+    other = {**first, "settings": {**first["settings"], "data": "mnist"}}
+    with pytest.raises(ValueError, match="leaderboard of 'mnist'"):
+        leaderboard.run_leaderboard(
+            leaderboard.LeaderboardSettings(**base), out=tmp_path / "x", entries=[], merge=other
+        )
+
+
+def test_merge_keeps_the_committed_ddpm_rows_under_the_default_protocol():
+    """The committed digits JSON predates `process`, `solver` and `nfe`: they are derived from its
+    `sampler`; under the default protocol every row and curve is kept, under another every one is dropped."""
+    old = json.loads(DIGITS_JSON.read_text())
+    settings = leaderboard.LeaderboardSettings()
+    evaluator = leaderboard.Evaluator(settings)
+    curves = leaderboard.Evaluator(leaderboard.LeaderboardSettings(samples=200), like=evaluator)
+    merged = leaderboard.merge_payload({"settings": {}, "results": []}, old, evaluator, curves, "x")
+    assert merged["merged"]["dropped"] == []
+    assert len(merged["results"]) == len(old["results"]) and len(merged["curves"]) == len(old["curves"])
+    assert set(merged["merged"]["not_compared"]["ddpm"]) == {"eta", "label_scheme", "output_clamp"}
+    changed = leaderboard.Evaluator(leaderboard.LeaderboardSettings(solvers=("ddim:20",)), like=evaluator)
+    changed_curves = leaderboard.Evaluator(
+        leaderboard.LeaderboardSettings(samples=200, solvers=("ddim:20",)), like=evaluator
+    )
+    dropped = leaderboard.merge_payload({"settings": {}, "results": []}, old, changed, changed_curves, "x")
+    ddpm = [r for r in old["results"] if record.row_process(r) == "ddpm"]
+    assert len(ddpm) >= 11 and all(record.row_process(r) != "ddpm" for r in dropped["results"])
+    assert all(record.row_process(r) != "ddpm" for r in dropped.get("curves", []))
+    assert {d["reason"] for d in dropped["merged"]["dropped"]} == {"steps: 25 != 20"}
+    assert len(dropped["merged"]["dropped"]) == len(ddpm) + sum(
+        record.row_process(c) == "ddpm" for c in old["curves"]
+    )
+
+
+def _curve(recipe: str, seed: int, fid: float, process: str | None) -> dict:
+    protocol = {"process": process} if process else {"sampler": "ddim"}  # no process: an older row
+    return {"recipe": recipe, "seed": seed, "step": 100, "fid_classifier": fid, "protocol": protocol}
+
+
+def test_recipes_are_compared_with_the_plain_recipe_of_their_own_process():
+    values = {
+        ("dit_t", None): [10.0, 11.0, 12.5],
+        ("dit_t_nash_k5", None): [9.0, 10.5, 11.0],
+        ("sit_t", "flow"): [20.0, 22.0, 21.0],
+        ("sit_t_dtr", "flow"): [15.0, 18.0, 16.5],
+        ("sit_t_minsnr", "flow"): [21.0, 22.5, 20.0],
+    }
+    curves = [
+        _curve(recipe, seed, fid, process)
+        for (recipe, process), fids in values.items()
+        for seed, fid in enumerate(fids)
+    ]
+    tests = {c["recipe"]: c for c in record.comparisons(curves, metrics=("fid",))}
+    assert set(tests) == {"dit_t_nash_k5", "sit_t_dtr", "sit_t_minsnr"}  # no plain compared with the other
+    assert {r: (t["baseline"], t["process"]) for r, t in tests.items()} == {
+        "dit_t_nash_k5": ("dit_t", "ddpm"),
+        "sit_t_dtr": ("sit_t", "flow"),
+        "sit_t_minsnr": ("sit_t", "flow"),
+    }
+    for recipe, baseline, process in (
+        ("sit_t_dtr", "sit_t", "flow"),
+        ("dit_t_nash_k5", "dit_t", None),
+    ):
+        expected = scipy_stats.ttest_rel(values[(recipe, process)], values[(baseline, process)]).pvalue
+        assert tests[recipe]["paired_p"] == pytest.approx(expected, rel=1e-12)
+        assert tests[recipe]["difference"] == pytest.approx(
+            sum(values[(recipe, process)]) / 3 - sum(values[(baseline, process)]) / 3
+        )
+    assert record.baselines(list(tests.values())) == {"ddpm": "dit_t", "flow": "sit_t"}
+    markdown = leaderboard.render_markdown({"settings": {"data": "digits"}, "results": [], "curves": curves})
+    assert "Plain recipes: dit_t (ddpm), sit_t (flow)." in markdown
+    assert "| sit_t_dtr | sit_t | fid_classifier |" in markdown
