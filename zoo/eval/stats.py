@@ -166,8 +166,11 @@ def compare(
     baseline_values: Mapping[int, float],
     metric: str = "fid",
     lower_is_better: bool = True,
+    paired: bool = True,
 ) -> Comparison:
     """Test a recipe's per-seed values against the baseline's and decide the verdict.
+
+    `paired=False` for groups whose seeds do not pair (two processes, two recipes trained apart): Welch only.
 
     "better"/"worse" only when p < ALPHA (paired p when at least two seeds pair, else Welch) AND the
     difference of the means exceeds MIN_EFFECT_STDS times the larger of the two std; otherwise
@@ -175,7 +178,7 @@ def compare(
     """
     a, b = summarize(list(recipe_values.values())), summarize(list(baseline_values.values()))
     welch = welch_p(list(recipe_values.values()), list(baseline_values.values()))
-    paired, pairs = paired_p(recipe_values, baseline_values)
+    paired, pairs = paired_p(recipe_values, baseline_values) if paired else (None, 0)
     difference = a.mean - b.mean
     p = paired if paired is not None else welch
     if a.std is None or b.std is None:
