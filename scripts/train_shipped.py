@@ -35,11 +35,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from zoo.config import config_from_name
 from zoo.eval.leaderboard import write_shipped_cards
-from zoo.layout import sha256_of
+from zoo.layout import save_safetensors, sha256_of
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED = ROOT / "zoo" / "pretrained"
@@ -171,7 +171,7 @@ def ship(recipe: str, data: str = "digits", runs: Path | None = None) -> dict:
     # shipped in float16 (half the size; loading casts back to the model's float32)
     weights = load_file(str(source / "model.safetensors"))
     half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    save_file(half, str(target / "model.safetensors"), metadata={"format": "pt", "dtype": "float16"})
+    save_safetensors(half, target / "model.safetensors", metadata={"format": "pt", "dtype": "float16"})
     return {
         "arch": recipe,
         "tag": tag,

@@ -12,6 +12,8 @@ import json
 import pickle
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import zipfile
 import zlib
@@ -19,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import zoo
 import zoo.eval.sampling
@@ -32,7 +35,7 @@ from zoo.eval.sampling import load_model
 from zoo.hub import CorruptWeightsError, PretrainedCfg
 from zoo.hub import registry as hub
 from zoo.hub.safeload import read_torchscript_tensors
-from zoo.layout import sha256_of
+from zoo.layout import save_safetensors, sha256_of
 from zoo.registry import UnknownModelError, parse_name
 from zoo.validate import ConfigError
 
@@ -790,3 +793,32 @@ def test_zoo_info_reads_weights_folders_as_create_does(saved_folder, tmp_path, c
     assert str(folder / "config.json") in capsys.readouterr().err
     with pytest.raises(ConfigError):
         zoo.create(f"local-dir:{folder}")
+
+
+def test_saved_weights_are_byte_stable(tmp_path):
+    """Equal tensors and metadata give one sha256 in every call and every process (safetensors alone
+    orders its metadata by a hash map: two keys gave two different files for the same weights)."""
+    tensors = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(5, dtype=torch.float16)}
+    metadata = {"format": "pt", "dtype": "float16", "library": "dit-mtl-zoo"}
+    digests = {
+        sha256_of(save_safetensors(tensors, tmp_path / f"w{i}.safetensors", metadata)) for i in range(12)
+    }
+    script = (
+        "import sys, torch; from zoo.layout import save_safetensors, sha256_of; "
+        "t = {'b.weight': torch.arange(6.0).reshape(2, 3), 'a.bias': torch.ones(5, dtype=torch.float16)}; "
+        "m = {'format': 'pt', 'dtype': 'float16', 'library': 'dit-mtl-zoo'}; "
+        "print(sha256_of(save_safetensors(t, sys.argv[1], m)))"
+    )
+    for i in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / f"p{i}.safetensors")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
+    loaded = load_file(str(tmp_path / "w0.safetensors"))
+    assert set(loaded) == set(tensors) and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    with safe_open(str(tmp_path / "w0.safetensors"), "pt") as handle:
+        assert handle.metadata() == metadata

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from zoo.card import render_card
 from zoo.validate import check_learn_sigma, validate_config
@@ -228,6 +229,26 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CorruptWeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """`safetensors.torch.save_file` with a byte-stable file: the same tensors and metadata give the same
+    bytes (and sha256) in every process. safetensors writes the `__metadata__` entries in a hash-map
+    order that changes between calls (two keys: two possible files, so two sha256 for equal weights);
+    the header is re-serialised with sorted keys, padded to its original length (the data offsets are
+    relative to the end of the header, so nothing else moves)."""
+    data = safetensors_bytes(tensors, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    if len(header) > size:  # cannot happen (same content, compact separators); never write a bad file
+        raise RuntimeError("safetensors header grew when re-serialised")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data[:8] + header + b" " * (size - len(header)) + data[8 + size :])
+    os.replace(tmp, path)
+    return path
+
+
 def save_folder(
     directory: str | Path,
     config: dict[str, Any],
@@ -239,7 +260,7 @@ def save_folder(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "dit-mtl-zoo"})
+    save_safetensors(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt", "library": "dit-mtl-zoo"})
     config = copy.deepcopy(config)
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     card = dict(card or {})
@@ -255,7 +276,7 @@ def save_mtl_state(directory: str | Path, state: dict[str, torch.Tensor]) -> Non
     path = Path(directory) / MTL_WEIGHTS_NAME
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     if state:
-        save_file(state, str(path), metadata={"format": "pt", "library": "dit-mtl-zoo"})
+        save_safetensors(state, path, metadata={"format": "pt", "library": "dit-mtl-zoo"})
     else:
         path.unlink(missing_ok=True)
 

@@ -48,8 +48,8 @@ def run_demo(out: Path, steps: int | None = None, quick: bool = False) -> int:
         kid_subsets=20,
     )
     print(
-        f"evaluating {len(names)} shipped models: {settings.samples} samples each, DDIM {settings.steps} steps "
-        "(a quick look; `zoo leaderboard` is the full protocol)",
+        f"evaluating {len(names)} shipped models: {settings.samples} samples each, {settings.steps} steps of "
+        "DDIM (DDPM process) or Heun (flow process) (a quick look; `zoo leaderboard` is the full protocol)",
         flush=True,
     )
     payload = run_leaderboard(settings, out=out, names=names, tag="demo")
