@@ -24,7 +24,9 @@ from zoo.eval import record, stats
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENT = ROOT / "benchmarks" / "REPLICATION.md"
-BLOCK = re.compile(r"(<!-- generated:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+BLOCK = re.compile(
+    r"(<!-- generated:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S
+)
 #: the flow recipe and the DDPM recipe it is compared with (same routing / clustering / MTL part)
 FLOW_PAIRS = (("sit_t", "dit_t"), ("sit_t_dtr", "dit_t_dtr"), ("sit_t_nash_k5", "dit_t_nash_k5"))
 FLOW_PAIRS += (("sit_t_minsnr", "dit_t_minsnr"),)
@@ -192,7 +194,9 @@ def fill(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
         name = match["name"]
         found.add(name)
         if name not in blocks:
-            raise KeyError(f"REPLICATION.md names an unknown generated block {name!r}; known: {sorted(blocks)}")
+            raise KeyError(
+                f"REPLICATION.md names an unknown generated block {name!r}; known: {sorted(blocks)}"
+            )
         if match["body"] != blocks[name]:
             changed.append(name)
         return match.group(1) + blocks[name] + match.group(4)
@@ -205,7 +209,9 @@ def fill(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="only report stale blocks (exit 1 if any)")
     args = parser.parse_args(argv)
     text = DOCUMENT.read_text()
