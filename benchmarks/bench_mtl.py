@@ -17,12 +17,14 @@ weighted backward, as torchjd's documentation recommends).
 
 Timing: this process's CPU time (`time.process_time`) with torch on ONE thread, candidates
 interleaved after a warm-up round, median and spread (min, max, IQR) over the repeats; every row
-records the model, latent size, batch, K and parameter count it was measured at.
+records the model, latent size, batch, K and parameter count it was measured at, and the JSON the
+machine's load average before and after each model's timings.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -154,18 +156,7 @@ def _candidates() -> dict[str, tuple[str, dict[str, Any]]]:
     }
 
 
-# dit_s at full size on the shared 2-core machine: the Gram methods, their ways of building the update
-# and the peers (uw, famo, the held step and keep=inputs/backward are measured on dit_t and in --quick)
-DIT_S_FULL = {
-    "linear",
-    "nash@1",
-    "imtl@1",
-    "pcgrad@1",
-    "pcgrad@1 keep=grads",
-    "ANT nash@1 (K backwards)",
-    "torchjd autogram pcgrad@1",
-}
-
+REPEATS = {"dit_t": 3, "dit_s": 5}  # a full run; --quick: 3 each
 ROWS = [
     "linear",
     "uw",
@@ -195,9 +186,9 @@ def run(quick: bool = False) -> dict:
 
 def _run(quick: bool) -> dict:
     torch.manual_seed(0)
-    rows, spreads = [], {}
+    rows, spreads, loads = [], {}, {}
     for model_name, setup in _setups(quick).items():
-        repeats = 3 if quick else (2 if model_name == "dit_s" else 3)
+        repeats = 3 if quick else REPEATS[model_name]
         net = DiT(**setup["net"], in_channels=4, num_classes=1000, learn_sigma=True)
         batch = _batch(setup["batch"], setup["net"])
         side = setup["net"]["input_size"]
@@ -209,10 +200,7 @@ def _run(quick: bool) -> dict:
             "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 2),
         }
         steps = {}
-        candidates = _candidates()
-        if model_name == "dit_s" and not quick:  # ~2 CPU-minutes a round: the rows this issue targets
-            candidates = {label: c for label, c in candidates.items() if label in DIT_S_FULL}
-        for label, (name, options) in candidates.items():
+        for label, (name, options) in _candidates().items():
             if name == "autogram":
                 steps[label] = _make_autogram_step(net, batch)
             else:
@@ -223,9 +211,11 @@ def _run(quick: bool) -> dict:
         for label, step in steps.items():  # each from the same state: no gradients held from the last one
             net.zero_grad(set_to_none=True)
             memory[label] = peak_memory_bytes(step)  # also each candidate's warm-up call
+        before = os.getloadavg()
         timings = interleaved_timings(
             steps, repeats=repeats, warmup=1 if model_name == "dit_t" else 0, clock=time.process_time
         )
+        loads[model_name] = {"before": before, "after": os.getloadavg()}
         spreads[model_name] = timings
         median = {label: timing["median"] for label, timing in timings.items()}
         low = {label: timing["min"] for label, timing in timings.items()}
@@ -256,11 +246,11 @@ def _run(quick: bool) -> dict:
                     "met": "" if time_target is None and memory_target is None else ("yes" if met else "NO"),
                 }
             )
-        _write(rows, spreads, quick)  # what is measured so far survives an interrupted run
-    return _write(rows, spreads, quick)
+        _write(rows, spreads, loads, quick)  # what is measured so far survives an interrupted run
+    return _write(rows, spreads, loads, quick)
 
 
-def _write(rows: list[dict], spreads: dict, quick: bool) -> dict:
+def _write(rows: list[dict], spreads: dict, loads: dict, quick: bool) -> dict:
     return report(
         "mtl",
         f"MTL balancers, K={K}: amortised step CPU time (1 thread) and peak memory vs linear",
@@ -282,10 +272,11 @@ def _write(rows: list[dict], spreads: dict, quick: bool) -> dict:
             "met",
         ],
         quick=quick,
-        repeats={"dit_t": 3, "dit_s": 3 if quick else 2},
+        repeats={"dit_t": 3, "dit_s": 3} if quick else REPEATS,
         warmup={"dit_t": "the memory call + 1 round", "dit_s": "the memory call"},
         clock="time.process_time, torch threads 1",
         timings=spreads,
+        load_average=loads,
     )
 
 

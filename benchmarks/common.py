@@ -32,6 +32,7 @@ def machine_info() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average": os.getloadavg(),  # 1, 5, 15 minutes, when the result was written
     }
     return info
 

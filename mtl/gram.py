@@ -497,9 +497,7 @@ class GramCapture:
         local: list[Tensor | None] = [None] * len(params)  # this process's share: averaged below
         averaged: list[Tensor | None] = [None] * len(params)  # built from averaged cluster gradients
         for kind, call, names, held in kept:
-            if (
-                kind == "output"
-            ):  # a fast layer's output gradient: one weight-gradient product with c[cluster]
+            if kind == "output":  # a fast layer's output gradient: one weight-gradient GEMM, c[cluster]
                 pieces = self._combined(call, held, names, coefficients)
             else:  # per parameter (K, n): the K cluster gradients of the module's parameters
                 pieces = [coefficients.to(rows.device, rows.dtype) @ rows for rows in held]
@@ -790,7 +788,7 @@ class GramBalancer(Balancer):
                     )
                 )
             else:  # built from the Gram pass, in the scaled domain like a scaled backward
-                add_to_grads(params, capture.update(coefficients))
+                add_to_grads(params, capture.update(coefficients), owned=True)  # fresh tensors
                 if clip:
                     logs.update(self._clip(params, scaler))
         self.step += 1
