@@ -50,8 +50,8 @@ def interleaved_timings(
 ) -> dict[str, dict[str, float]]:
     """Time each candidate `repeats` times, interleaved A B A B ..., after `warmup` rounds.
 
-    Returns per candidate the median, min, max and interquartile spread in seconds of ``clock``
-    (wall time by default; ``time.process_time`` gives this process's CPU time, which other jobs on a
+    Returns per candidate the median, min, max, interquartile spread and the samples (in the order
+    measured, so sample i of every candidate is from round i) in seconds of ``clock`` (wall time by default; ``time.process_time`` gives this process's CPU time, which other jobs on a
     shared machine disturb far less when torch runs one thread).
     """
     names = list(candidates)
@@ -66,7 +66,7 @@ def interleaved_timings(
             candidates[name]()
             _sync()
             samples[name].append(clock() - start)
-    return {name: summarize(values) for name, values in samples.items()}
+    return {name: {**summarize(values), "samples": values} for name, values in samples.items()}
 
 
 def side_by_side(
