@@ -24,6 +24,12 @@ autograd VJPs) keep their K rows. That pass frees the graph as it goes: outputs 
 backward down to the first layers' outputs does not run the nodes upstream of them) are found by a
 walk of the graph beforehand and asked for too.
 
+Each layer's K cluster gradients are written in place, one (K, n) block per parameter. Each cluster's
+rows of a layer's input and output gradient are one slice: a batch that interleaves the clusters (the
+stratified sampler's) is sorted by cluster for the forward of the net and its output put back in the
+caller's order (:class:`GramCapture`), so no layer gathers rows; when the K clusters are equal slices a
+Linear's K products are one batched GEMM. The Gram products are K matrix-vector products per block.
+
 Under FSDP (``fully_shard``) the hooks see the full, all-gathered weights during compute and the
 layers' activations are local, so the K cluster weight-gradients of a layer are this process's
 share; they are averaged over processes before their products, as without FSDP. The FSDP
