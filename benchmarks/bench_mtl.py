@@ -17,12 +17,15 @@ weighted backward, as torchjd's documentation recommends).
 
 Timing: this process's CPU time (`time.process_time`) with torch on ONE thread, candidates
 interleaved after a warm-up round, median and spread (min, max, IQR) over the repeats; every row
-records the model, latent size, batch, K and parameter count it was measured at.
+records the model, latent size, batch, K and parameter count it was measured at, and the JSON the
+machine's load average before and after each model's timings.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -154,18 +157,7 @@ def _candidates() -> dict[str, tuple[str, dict[str, Any]]]:
     }
 
 
-# dit_s at full size on the shared 2-core machine: the Gram methods, their ways of building the update
-# and the peers (uw, famo, the held step and keep=inputs/backward are measured on dit_t and in --quick)
-DIT_S_FULL = {
-    "linear",
-    "nash@1",
-    "imtl@1",
-    "pcgrad@1",
-    "pcgrad@1 keep=grads",
-    "ANT nash@1 (K backwards)",
-    "torchjd autogram pcgrad@1",
-}
-
+REPEATS = {"dit_t": 3, "dit_s": 5}  # a full run; --quick: 3 each
 ROWS = [
     "linear",
     "uw",
@@ -183,21 +175,49 @@ ROWS = [
 ]
 
 
-def run(quick: bool = False) -> dict:
-    """Measure every balancer on dit_t and dit_s; print the table and write the JSON."""
+def run(
+    quick: bool = False,
+    models: list[str] | None = None,
+    labels: list[str] | None = None,
+    repeats: int | None = None,
+    name: str = "mtl",
+) -> dict:
+    """Measure every balancer on dit_t and dit_s; print the table and write the JSON.
+
+    A focused run (``models``, ``labels``: the candidates, ``linear`` always among them; ``repeats``)
+    writes ``benchmarks/results/<name>.json`` and records per round the ratio to linear.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(quick)
+        return _run(quick, models, labels, repeats, name)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(quick: bool) -> dict:
+def _run(
+    quick: bool, models: list[str] | None, labels: list[str] | None, repeats: int | None, name: str
+) -> dict:
     torch.manual_seed(0)
-    rows, spreads = [], {}
-    for model_name, setup in _setups(quick).items():
-        repeats = 3 if quick else (2 if model_name == "dit_s" else 3)
+    rows, spreads, loads = [], {}, {}
+    chosen = _candidates()
+    if labels is not None:
+        wanted = {"linear", *labels}
+        amortised = {label for label in wanted if label.endswith("@25")}  # from @1 and the held step
+        wanted = (
+            (wanted - amortised)
+            | {f"{label[:-3]}@1" for label in amortised}
+            | ({"held"} if amortised else set())
+        )
+        unknown = sorted(wanted - set(chosen))
+        if unknown:
+            raise ValueError(f"unknown candidates {unknown}; available: {list(chosen)} and nash@25, imtl@25")
+        chosen = {label: c for label, c in chosen.items() if label in wanted}
+    setups = {m: s for m, s in _setups(quick).items() if models is None or m in models}
+    rounds = {}
+    for model_name, setup in setups.items():
+        count = repeats or (3 if quick else REPEATS[model_name])
+        rounds[model_name] = count
         net = DiT(**setup["net"], in_channels=4, num_classes=1000, learn_sigma=True)
         batch = _batch(setup["batch"], setup["net"])
         side = setup["net"]["input_size"]
@@ -209,33 +229,37 @@ def _run(quick: bool) -> dict:
             "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 2),
         }
         steps = {}
-        candidates = _candidates()
-        if model_name == "dit_s" and not quick:  # ~2 CPU-minutes a round: the rows this issue targets
-            candidates = {label: c for label, c in candidates.items() if label in DIT_S_FULL}
-        for label, (name, options) in candidates.items():
-            if name == "autogram":
+        for label, (balancer, options) in chosen.items():
+            if balancer == "autogram":
                 steps[label] = _make_autogram_step(net, batch)
             else:
-                steps[label] = _make_step(net, mtl.build(name, K, **options), batch)
+                steps[label] = _make_step(net, mtl.build(balancer, K, **options), batch)
         if "held" in steps:
             steps["held"]()  # the held candidate must skip its first (update) step
         memory = {}
         for label, step in steps.items():  # each from the same state: no gradients held from the last one
             net.zero_grad(set_to_none=True)
             memory[label] = peak_memory_bytes(step)  # also each candidate's warm-up call
+        before = os.getloadavg()
         timings = interleaved_timings(
-            steps, repeats=repeats, warmup=1 if model_name == "dit_t" else 0, clock=time.process_time
+            steps, repeats=count, warmup=1 if model_name == "dit_t" else 0, clock=time.process_time
         )
+        loads[model_name] = {"before": before, "after": os.getloadavg()}
         spreads[model_name] = timings
         median = {label: timing["median"] for label, timing in timings.items()}
         low = {label: timing["min"] for label, timing in timings.items()}
         high = {label: timing["max"] for label, timing in timings.items()}
-        for label in [label for label in ("nash", "imtl") if "held" in median]:
+        for label in [label for label in ("nash", "imtl") if "held" in median and f"{label}@1" in median]:
             for table in (median, low, high):
                 table[f"{label}@25"] = (table[f"{label}@1"] + 24 * table["held"]) / 25
             memory[f"{label}@25"] = max(memory[f"{label}@1"], memory["held"])
         for label in [label for label in ROWS if label in median]:
             time_ratio = median[label] / median["linear"]
+            per_round = (
+                sorted(a / b for a, b in zip(timings[label]["samples"], timings["linear"]["samples"]))
+                if label in timings
+                else None
+            )
             memory_ratio = memory[label] / memory["linear"]
             time_target, memory_target = TARGETS.get(label, (None, None))
             met = (time_target is None or time_ratio <= time_target) and (
@@ -249,6 +273,10 @@ def _run(quick: bool) -> dict:
                     "cpu_s_min": low[label],
                     "cpu_s_max": high[label],
                     "time_x": time_ratio,
+                    # the ratio to linear in each round (the two timed in one round): median, min, max
+                    "time_x_rounds": ""
+                    if per_round is None
+                    else [statistics.median(per_round), per_round[0], per_round[-1]],
                     "time_target": time_target or "",
                     "peak_MiB": memory[label] / 2**20,
                     "memory_x": memory_ratio,
@@ -256,13 +284,13 @@ def _run(quick: bool) -> dict:
                     "met": "" if time_target is None and memory_target is None else ("yes" if met else "NO"),
                 }
             )
-        _write(rows, spreads, quick)  # what is measured so far survives an interrupted run
-    return _write(rows, spreads, quick)
+        _write(rows, spreads, loads, quick, rounds, name)  # what is measured so far survives an interruption
+    return _write(rows, spreads, loads, quick, rounds, name)
 
 
-def _write(rows: list[dict], spreads: dict, quick: bool) -> dict:
+def _write(rows: list[dict], spreads: dict, loads: dict, quick: bool, rounds: dict, name: str) -> dict:
     return report(
-        "mtl",
+        name,
         f"MTL balancers, K={K}: amortised step CPU time (1 thread) and peak memory vs linear",
         rows,
         columns=[
@@ -275,6 +303,7 @@ def _write(rows: list[dict], spreads: dict, quick: bool) -> dict:
             "cpu_s_min",
             "cpu_s_max",
             "time_x",
+            "time_x_rounds",
             "time_target",
             "peak_MiB",
             "memory_x",
@@ -282,16 +311,30 @@ def _write(rows: list[dict], spreads: dict, quick: bool) -> dict:
             "met",
         ],
         quick=quick,
-        repeats={"dit_t": 3, "dit_s": 3 if quick else 2},
+        repeats=rounds,
         warmup={"dit_t": "the memory call + 1 round", "dit_s": "the memory call"},
         clock="time.process_time, torch threads 1",
         timings=spreads,
+        load_average=loads,
     )
 
 
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
-    run(quick=parser.parse_args().quick)
+    parser.add_argument("--models", default=None, help="comma-separated: dit_s, dit_t (default both)")
+    parser.add_argument("--candidates", default=None, help="comma-separated labels (default all)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--name", default="mtl", help="the JSON's name in benchmarks/results/")
+    arguments = parser.parse_args()
+    run(
+        quick=arguments.quick,
+        models=arguments.models.split(",") if arguments.models else None,
+        labels=arguments.candidates.split(",") if arguments.candidates else None,
+        repeats=arguments.repeats,
+        name=arguments.name,
+    )

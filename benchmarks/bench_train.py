@@ -1,22 +1,38 @@
 """Training throughput: samples/s of `dit_t` (and its DTR + UW recipe) on digits with the zoo Trainer.
 
-CPU: fp32, bf16 autocast (`precision="bf16"`) and `torch.compile` (Inductor), interleaved after a
-warm-up round that also pays the compilation; then a DiT-S/2 step at 32x32x4 latents (batch 10,
-forward + eps loss + backward + AdamW, this process's CPU time on one thread) in fp32 and bf16
-autocast (compiling DiT-S took too long for the shared machine); and whether a compiled net keeps the Gram balancers exact (the Gram matrix and the
-update of a compiled dit_t against the eager one, fp32). CUDA (when present): bf16 with and without
-torch.compile and gradient checkpointing, with peak memory. A full `zoo train dit_t_dtr_uw_k5 --data digits --steps 2000` run, when one has been
-made, is summarised with `python -m benchmarks.bench_train --digits-run RUN_DIR` (wall time,
-samples/s, final losses, and its sample grid copied next to the JSON).
+Sections (`--sections`, default all; a subset replaces only its own entries of the JSON):
+
+* `trainer` -- CPU: fp32, bf16 autocast (`precision="bf16"`) and `torch.compile` (Inductor),
+  interleaved after a warm-up round that also pays the compilation. CUDA (when present): bf16 with
+  and without torch.compile and gradient checkpointing, with peak memory.
+* `dit_s` -- a DiT-S/2 step at 32x32x4 latents (batch 10, forward + eps loss + backward + AdamW,
+  this process's CPU time on one thread) in fp32 and bf16 autocast (compiling DiT-S took too long
+  for the shared machine).
+* `compile_gram` -- whether a compiled net keeps the Gram balancers exact: the Gram matrix and the
+  update of a compiled dit_t against the eager one (fp32), and a held step of Nash-MTL (no capture:
+  the compiled forward runs) against the eager net's.
+* `ddpm` -- what the zoo's slots (diffusion process, clusters, balancer, weighting) add to a plain
+  DDPM training step: `model.loss` + `model.backward` + AdamW, and `Trainer.train_step`, against a
+  hand-written epsilon-MSE step (q_sample from the same alpha-bar table, the net, MSE, backward,
+  AdamW) on copies of the same net (dit_t without learned sigma, so the loss is the eps MSE alone),
+  with the same batch, timesteps and noise; interleaved, CPU time on one thread, ratio per round.
+
+A full `zoo train dit_t_dtr_uw_k5 --data digits --steps 2000` run, when one has been made, is
+summarised with `python -m benchmarks.bench_train --digits-run RUN_DIR` (wall time, samples/s,
+final losses, and its sample grid copied next to the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import shutil
+import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +46,7 @@ from zoo.data import load_dataset
 from zoo.train import TrainConfig, Trainer
 
 NAME = "train"
+SECTIONS = ("trainer", "dit_s", "compile_gram", "ddpm")
 
 
 def _trainer(model: str, batch: int, out: str, device: str, **changes: Any) -> Trainer:
@@ -57,9 +74,59 @@ def _candidates(device: str, batch: int, out: str) -> dict[str, Trainer]:
     }
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """Time `steps` training steps per candidate, interleaved; report samples/s (and peak memory on CUDA)."""
+def run(quick: bool = False, sections: list[str] | None = None) -> dict[str, Any]:
+    """Run the named sections (default all), print their tables and write the JSON.
+
+    A subset keeps the other sections' entries of the existing JSON, so one section can be re-run.
+    """
+    sections = list(SECTIONS if sections is None else sections)
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown sections {unknown}; available: {list(SECTIONS)}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    previous = RESULTS_DIR / f"{NAME}.json"
+    kept: dict[str, Any] = {}
+    if previous.is_file():  # the sections not run now, and a recorded full digits run, survive
+        old = json.loads(previous.read_text())
+        kept = {k: v for k, v in old.items() if k not in ("benchmark", "machine", "time", "title")}
+    extra: dict[str, Any] = {k: v for k, v in kept.items() if k != "rows"}
+    rows = kept.get("rows", []) if "trainer" not in sections else []
+    meta = dict(extra.get("sections", {}))
+    if rows and "trainer" not in meta:  # rows of a run from before the sections were recorded
+        meta["trainer"] = {"time": old["time"], "note": "kept from an earlier run (no section record)"}
+    for section in sections:
+        if device != "cpu" and section != "trainer":
+            continue
+        load = os.getloadavg()
+        if section == "trainer":
+            rows, extra["timings"] = _trainer_rows(device, quick)
+        elif section == "dit_s":
+            extra["dit_s_step"] = _dit_s_step(quick)
+        elif section == "compile_gram":
+            extra["compile_gram_exactness"] = _compile_gram_check()
+        else:
+            extra["ddpm_overhead"] = _ddpm_overhead(quick)
+        meta[section] = {
+            "quick": quick,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "load_average_before": load,
+            "load_average_after": os.getloadavg(),
+        }
+    extra["sections"] = meta
+    extra.pop("quick", None)  # per section now
+    result = report(NAME, "Training throughput (Trainer.train_step on digits)", rows, **extra)
+    if "dit_s" in sections and "dit_s_step" in extra:
+        print(format_table(extra["dit_s_step"]))
+    if "compile_gram" in sections and "compile_gram_exactness" in extra:
+        print("compile + Gram hooks:", extra["compile_gram_exactness"])
+    if "ddpm" in sections and "ddpm_overhead" in extra:
+        print(format_table(extra["ddpm_overhead"]["rows"]))
+        print("exactness:", extra["ddpm_overhead"]["exactness"])
+    return result
+
+
+def _trainer_rows(device: str, quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Time `steps` training steps per candidate, interleaved; samples/s (and peak memory on CUDA)."""
     batch = 64 if device == "cpu" else 256
     steps = 3 if quick else 10
     data = load_dataset("digits")
@@ -88,20 +155,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             if device == "cuda":
                 row["peak_mem_MiB"] = peak_memory_bytes(lambda t=trainer: t.train_step(x0, y)) / 2**20
             rows.append(row)
-    extra: dict[str, Any] = {}
-    if device == "cpu":
-        extra["dit_s_step"] = _dit_s_step(quick)
-        extra["compile_gram_exactness"] = _compile_gram_check()
-    previous = RESULTS_DIR / f"{NAME}.json"
-    if previous.is_file():  # keep a recorded full run across benchmark re-runs
-        extra.update({k: v for k, v in json.loads(previous.read_text()).items() if k == "digits_run"})
-    result = report(
-        NAME, "Training throughput (Trainer.train_step on digits)", rows, timings=timings, **extra
-    )
-    if "dit_s_step" in extra:
-        print(format_table(extra["dit_s_step"]))
-        print("compile + Gram hooks:", extra["compile_gram_exactness"])
-    return result
+    return rows, timings
 
 
 def _dit_s_step(quick: bool) -> list[dict[str, Any]]:
@@ -140,7 +194,7 @@ def _dit_s_step(quick: bool) -> list[dict[str, Any]]:
             "dit_s bf16 autocast": make(torch.bfloat16, False),
         }
         first = {name: step() for name, step in steps.items()}  # warm-up: compilation happens here
-        timings = interleaved_timings(steps, repeats=3, warmup=1, clock=time.process_time)
+        timings = interleaved_timings(steps, repeats=3 if quick else 5, warmup=1, clock=time.process_time)
     finally:
         torch.set_num_threads(threads)
     base = timings["dit_s fp32"]["median"]
@@ -154,14 +208,23 @@ def _dit_s_step(quick: bool) -> list[dict[str, Any]]:
             "cpu_s_min": timing["min"],
             "cpu_s_max": timing["max"],
             "time_x_fp32": timing["median"] / base,
+            "time_x_fp32_per_round": _ratio_spread(timing["samples"], timings["dit_s fp32"]["samples"]),
             "first_step_loss": first[name],
         }
         for name, timing in timings.items()
     ]
 
 
+def _ratio_spread(values: list[float], base: list[float]) -> dict[str, float]:
+    """Median, min and max over the rounds of values[i] / base[i] (the two were timed in one round)."""
+    ratios = sorted(v / b for v, b in zip(values, base))
+    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1]}
+
+
 def _compile_gram_check() -> dict[str, Any]:
-    """Gram matrix and built update of a torch.compile'd dit_t against the eager net (fp32, K = 5)."""
+    """A torch.compile'd dit_t (fp32, K = 5) against the eager net: the Gram matrix and built update of
+    a capture, and the gradients of Nash-MTL's update step and of its held step (no capture: there the
+    compiled forward runs)."""
 
     torch.manual_seed(0)
     eager = DiT(
@@ -179,28 +242,156 @@ def _compile_gram_check() -> dict[str, Any]:
     x = torch.randn(20, 1, 8, 8, generator=generator)
     t = cluster * 200 + torch.randint(0, 200, (20,), generator=generator)
     y = torch.randint(0, 10, (20,), generator=generator)
-    results = {}
+
+    def losses(net: torch.nn.Module) -> torch.Tensor:
+        per_sample = net(x, t, y).pow(2).mean(dim=(1, 2, 3))
+        return torch.zeros(5).index_add(0, cluster, per_sample) / 4
+
+    results, warned = {}, {}
     for name, net in (("eager", eager), ("compiled", compiled)):
-        net.eval()  # no label dropout: the same forward twice
+        net.eval()  # no label dropout: the same forward every time
         params = [p for p in net.parameters() if p.requires_grad]
         try:
-            with GramCapture(net, cluster, 5) as capture:
-                per_sample = net(x, t, y).pow(2).mean(dim=(1, 2, 3))
-                losses = torch.zeros(5).index_add(0, cluster, per_sample) / 4
-            gram = capture.gram(losses.sum(), params, keep="auto")
-            weights = mtl.imtl_weights(gram)
-            update = torch.cat([u.reshape(-1) for u in capture.update(weights)])
-            results[name] = (gram, update)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with GramCapture(net, cluster, 5) as capture:
+                    values = losses(net)
+                gram = capture.gram(values.sum(), params, keep="auto")
+                update = torch.cat([u.reshape(-1) for u in capture.update(mtl.imtl_weights(gram))])
+                balancer = mtl.build("nash", 5, update_every=2)  # an update step, then a held step
+                step_grads = []
+                for _ in range(2):
+                    net.zero_grad(set_to_none=True)
+                    with balancer.capture(net, cluster):
+                        values = losses(net)
+                    balancer.backward(values, params)
+                    step_grads.append(torch.cat([p.grad.reshape(-1) for p in params]))
+            warned[name] = any("GramCapture" in str(w.message) for w in caught)
+            results[name] = (gram, update, *step_grads)
         except Exception as error:  # a compiled forward the hooks cannot follow is the finding itself
             return {"exact": False, "error": f"{type(error).__name__}: {error}"[:500]}
-    (gram_e, update_e), (gram_c, update_c) = results["eager"], results["compiled"]
-    gram_err = float((gram_c - gram_e).abs().max() / gram_e.abs().max())
-    update_err = float((update_c - update_e).norm() / update_e.norm())
+    eager_r, compiled_r = results["eager"], results["compiled"]
+    errors = {
+        "gram_max_rel_err": float((compiled_r[0] - eager_r[0]).abs().max() / eager_r[0].abs().max()),
+        "update_rel_err": float((compiled_r[1] - eager_r[1]).norm() / eager_r[1].norm()),
+        "nash_update_step_grad_rel_err": float((compiled_r[2] - eager_r[2]).norm() / eager_r[2].norm()),
+        "nash_held_step_grad_rel_err": float((compiled_r[3] - eager_r[3]).norm() / eager_r[3].norm()),
+    }
     return {
-        "gram_max_rel_err": gram_err,
-        "update_rel_err": update_err,
-        "exact": gram_err < 1e-4 and update_err < 1e-4,
-        "note": "fp32: compiled kernels round differently; 'exact' = within 1e-4 relative",
+        **errors,
+        "exact": all(value < 1e-4 for value in errors.values()),
+        "capture_ran_eagerly": warned["compiled"] and not warned["eager"],
+        "note": "fp32: compiled kernels round differently; 'exact' = every error within 1e-4 relative. A "
+        "capture around the compiled net runs its forward eagerly (force_eager, warned once); the held "
+        "step runs the compiled forward",
+    }
+
+
+def _ddpm_overhead(quick: bool) -> dict[str, Any]:
+    """The zoo's DDPM training step against a hand-written one on copies of one net, same batch/t/noise."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = load_dataset("digits")
+        batch, steps = 64, 3 if quick else 10
+        generator = torch.Generator().manual_seed(0)
+        index = torch.randint(len(data), (batch,), generator=generator)
+        x0, y = data.images[index], data.labels[index]
+        t = torch.randint(0, 1000, (batch,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        with tempfile.TemporaryDirectory() as out:
+            trainer = _trainer(
+                "dit_t", batch, out, "cpu", lr=1e-4, warmup=0, overrides={"learn_sigma": False}
+            )
+            model = copy.deepcopy(trainer.model)
+            model_optimizer = torch.optim.AdamW(model.grad_params(), lr=1e-4)
+            net = copy.deepcopy(trainer.model.net)
+            net_optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+            diffusion = trainer.model.diffusion
+            root_a = diffusion.sqrt_alphas_cumprod.float()  # the DDPM alpha-bar tables
+            root_1ma = diffusion.sqrt_one_minus_alphas_cumprod.float()
+
+            def hand_loss() -> torch.Tensor:
+                x_t = root_a[t].view(-1, 1, 1, 1) * x0 + root_1ma[t].view(-1, 1, 1, 1) * noise
+                return (net(x_t, t, y) - noise).pow(2).mean()
+
+            # exactness, from the same weights and the same label-dropout draw
+            torch.manual_seed(5)
+            reference = hand_loss()
+            reference.backward()
+            torch.manual_seed(5)
+            out_zoo = model.loss(x0, y, t=t, noise=noise)
+            model.backward(out_zoo)
+            pairs = [(a, b) for a, b in zip(model.net.parameters(), net.parameters()) if b.requires_grad]
+            if any((a.grad is None) != (b.grad is None) for a, b in pairs):
+                raise RuntimeError("the zoo step and the hand-written step reached different parameters")
+            grad_err = max(
+                float((a.grad - b.grad).abs().max() / b.grad.abs().max().clamp_min(1e-30))
+                for a, b in pairs
+                if b.grad is not None
+            )
+            torch.manual_seed(5)
+            trainer_loss = trainer.train_step(x0, y, t=t, noise=noise)["loss"]
+            exactness = {
+                "hand_loss": float(reference),
+                "model_loss": float(out_zoo.total),
+                "trainer_loss": trainer_loss,
+                "model_grad_max_rel_err": grad_err,
+            }
+            model_optimizer.zero_grad(set_to_none=True)
+            net_optimizer.zero_grad(set_to_none=True)
+
+            def hand() -> None:
+                for _ in range(steps):
+                    net_optimizer.zero_grad(set_to_none=True)
+                    hand_loss().backward()
+                    net_optimizer.step()
+
+            def zoo_step() -> None:
+                for _ in range(steps):
+                    model_optimizer.zero_grad(set_to_none=True)
+                    model.backward(model.loss(x0, y, t=t, noise=noise))
+                    model_optimizer.step()
+
+            def trainer_step() -> None:
+                for _ in range(steps):
+                    trainer.train_step(x0, y, t=t, noise=noise)
+
+            calls = {
+                "hand-written eps-MSE step": hand,
+                "model.loss step": zoo_step,
+                "Trainer.train_step": trainer_step,
+            }
+            timings = interleaved_timings(calls, repeats=3 if quick else 9, warmup=1, clock=time.process_time)
+    finally:
+        torch.set_num_threads(threads)
+    adds = {
+        "hand-written eps-MSE step": "q_sample from the alpha-bar tables, net, MSE, backward, AdamW",
+        "model.loss step": "+ the zoo's slots: timestep check, clusters (k=1), process, balancer (linear)",
+        "Trainer.train_step": "+ the trainer: lr schedule, grad-norm, EMA update, logs (floats)",
+    }
+    base = timings["hand-written eps-MSE step"]
+    rows = [
+        {
+            "candidate": name,
+            "model": "dit_t (learn_sigma False), digits 8x8x1",
+            "batch": batch,
+            "steps_per_call": steps,
+            "cpu_s_per_step": timing["median"] / steps,
+            "cpu_s_per_step_min": timing["min"] / steps,
+            "cpu_s_per_step_max": timing["max"] / steps,
+            "time_x_hand": timing["median"] / base["median"],
+            "time_x_hand_per_round": _ratio_spread(timing["samples"], base["samples"]),
+            "adds": adds[name],
+        }
+        for name, timing in timings.items()
+    ]
+    return {
+        "rows": rows,
+        "exactness": exactness,
+        "threads": 1,
+        "repeats": 3 if quick else 9,
+        "timings": timings,
     }
 
 
@@ -232,11 +423,16 @@ def record_digits_run(run_dir: str | Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
     parser.add_argument("--digits-run", default=None, help="record a finished digits run folder instead")
     arguments = parser.parse_args()
     if arguments.digits_run:
         record_digits_run(arguments.digits_run)
     else:
-        run(quick=arguments.quick)
+        run(quick=arguments.quick, sections=[name for name in arguments.sections.split(",") if name])

@@ -32,6 +32,8 @@ def machine_info() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average": os.getloadavg(),  # 1, 5, 15 minutes, when the result was written
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # e.g. AVX2, AVX512 (bf16 speed)
     }
     return info
 
@@ -49,8 +51,8 @@ def interleaved_timings(
 ) -> dict[str, dict[str, float]]:
     """Time each candidate `repeats` times, interleaved A B A B ..., after `warmup` rounds.
 
-    Returns per candidate the median, min, max and interquartile spread in seconds of ``clock``
-    (wall time by default; ``time.process_time`` gives this process's CPU time, which other jobs on a
+    Returns per candidate the median, min, max, interquartile spread and the samples (in the order
+    measured, so sample i of every candidate is from round i) in seconds of ``clock`` (wall time by default; ``time.process_time`` gives this process's CPU time, which other jobs on a
     shared machine disturb far less when torch runs one thread).
     """
     names = list(candidates)
@@ -65,7 +67,7 @@ def interleaved_timings(
             candidates[name]()
             _sync()
             samples[name].append(clock() - start)
-    return {name: summarize(values) for name, values in samples.items()}
+    return {name: {**summarize(values), "samples": values} for name, values in samples.items()}
 
 
 def side_by_side(

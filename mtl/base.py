@@ -111,12 +111,16 @@ def scaled(loss: Tensor, scaler: Any | None) -> Tensor:
     return scaler.scale(loss)
 
 
-def add_to_grads(params: list[Tensor], grads: Iterable[Tensor]) -> None:
-    """Accumulate ``grads`` into ``.grad`` like autograd does (assign when ``.grad`` is None)."""
+def add_to_grads(params: list[Tensor], grads: Iterable[Tensor], owned: bool = False) -> None:
+    """Accumulate ``grads`` into ``.grad`` like autograd does (assign when ``.grad`` is None).
+
+    ``owned=True``: the caller hands over ``grads`` (fresh tensors nothing else holds), so a
+    contiguous one is assigned as it is instead of copied.
+    """
     for param, grad in zip(params, grads):
         grad = grad.reshape(param.shape).to(param.dtype)
         if param.grad is None:
-            param.grad = grad.clone()
+            param.grad = grad if owned and grad.is_contiguous() else grad.clone()
         else:
             param.grad.add_(grad)
 

@@ -24,6 +24,12 @@ autograd VJPs) keep their K rows. That pass frees the graph as it goes: outputs 
 backward down to the first layers' outputs does not run the nodes upstream of them) are found by a
 walk of the graph beforehand and asked for too.
 
+Each layer's K cluster gradients are written in place, one (K, n) block per parameter. Each cluster's
+rows of a layer's input and output gradient are one slice: a batch that interleaves the clusters (the
+stratified sampler's) is sorted by cluster for the forward of the net and its output put back in the
+caller's order (:class:`GramCapture`), so no layer gathers rows; when the K clusters are equal slices a
+Linear's K products are one batched GEMM. The Gram products are K matrix-vector products per block.
+
 Under FSDP (``fully_shard``) the hooks see the full, all-gathered weights during compute and the
 layers' activations are local, so the K cluster weight-gradients of a layer are this process's
 share; they are averaged over processes before their products, as without FSDP. The FSDP
@@ -151,19 +157,79 @@ def _unreached(total_loss: Tensor, roots: list[_Call], inner: list[_Call]) -> li
 
 
 @dataclass
+class _Layout:
+    """Where each cluster's samples lie in a batch as a layer saw it."""
+
+    cluster: Tensor  # (B,) the cluster of each row
+    index: list[Tensor]  # per cluster: its rows
+    runs: list[slice | None]  # per cluster: its rows as one slice, where they are one contiguous run
+    equal: int  # B // K when cluster k is exactly the rows [k B/K, (k + 1) B/K); else 0
+
+    @classmethod
+    def of(cls, cluster: Tensor, k: int) -> _Layout:
+        on_host = cluster.cpu()  # one device sync; the runs are read on the host
+        index = [torch.nonzero(on_host == c).flatten() for c in range(k)]
+        runs = [
+            slice(int(i[0]), int(i[0]) + i.numel())
+            if i.numel() and int(i[-1] - i[0]) + 1 == i.numel()
+            else None
+            for i in index
+        ]
+        runs = [slice(0, 0) if not i.numel() else run for i, run in zip(index, runs)]
+        size = cluster.numel() // k if k else 0
+        equal = size if size and all(r == slice(c * size, (c + 1) * size) for c, r in enumerate(runs)) else 0
+        return cls(cluster, [i.to(cluster.device) for i in index], runs, equal)
+
+    @property
+    def contiguous(self) -> bool:
+        return all(run is not None for run in self.runs)
+
+    def rows(self, tensor: Tensor, k: int) -> Tensor:
+        """The rows of cluster ``k`` of a batch-first tensor: a view when they are one contiguous run."""
+        run = self.runs[k]
+        return tensor[run] if run is not None else tensor.index_select(0, self.index[k])
+
+
+@dataclass
 class _Call:
     module: nn.Module
     inputs: tuple
     output: Tensor
     root: bool
     params: dict[str, Tensor]  # the module's parameters as the forward used them (FSDP: unsharded)
+    layout: _Layout  # the batch order this call saw (the capture's sorted one inside the net's forward)
     done: bool = False
 
 
 @dataclass
 class _Pending:
     calls_left: int
-    grads: Tensor | None = None
+    grads: list[Tensor] | None = None
+
+
+def _batch_map(value: Any, batch_size: int, order: Tensor) -> Any:
+    """``value`` with every tensor of leading dimension ``batch_size`` (in tuples, lists, dicts) reordered."""
+    if isinstance(value, Tensor):
+        if value.dim() and value.shape[0] == batch_size:
+            return value.index_select(0, order.to(value.device))
+        return value
+    if isinstance(value, tuple | list):
+        return type(value)(_batch_map(v, batch_size, order) for v in value)
+    if isinstance(value, dict):
+        return {key: _batch_map(v, batch_size, order) for key, v in value.items()}
+    return value
+
+
+def _gram_of(rows: Tensor) -> Tensor:
+    """``rows @ rows.T`` in float64 for a (K, n) block of a few long rows: K matrix-vector products of
+    the lower triangle (a GEMM with K outputs per side reads the block more slowly)."""
+    k = rows.shape[0]
+    gram = torch.empty(k, k, dtype=torch.float64, device=rows.device)
+    for i in range(k):
+        column = (rows[: i + 1] @ rows[i]).to(torch.float64)
+        gram[i, : i + 1] = column
+        gram[: i + 1, i] = column
+    return gram
 
 
 KEEP_MODES = ("auto", "inputs", "grads")
@@ -174,6 +240,12 @@ class GramCapture:
     """Records one forward of ``net`` so that :meth:`gram` gives the K x K cluster-gradient Gram matrix.
 
     ``sample_cluster`` (B,) is each sample's cluster. Use as a context manager around the forward.
+
+    When the clusters are not contiguous runs of the batch (a stratified batch interleaves them), the
+    capture sorts the batch by cluster for the forward of ``net`` (every tensor argument whose leading
+    dimension is the batch size is reordered) and restores the order of its output exactly, so each
+    layer's cluster rows are one slice (no gather per layer and cluster). The samples are computed
+    independently either way; only random draws inside the forward (label dropout) fall on other samples.
     """
 
     net: nn.Module
@@ -186,6 +258,7 @@ class GramCapture:
     _kept: list[tuple] = field(default_factory=list)
     _kept_params: list[Tensor] = field(default_factory=list)
     _kept_mode: str | None = None
+    _inside: int = 0  # depth of the net's forwards that run on the sorted batch
 
     def __post_init__(self) -> None:
         cluster = self.sample_cluster
@@ -200,7 +273,13 @@ class GramCapture:
                 f"[{int(cluster.min())}, {int(cluster.max())}]"
             )
         self.batch_size = cluster.numel()
-        self.index = [torch.nonzero(cluster == c).flatten() for c in range(self.k)]
+        self._natural = _Layout.of(cluster, self.k)
+        self._order: Tensor | None = None  # the sorting permutation of the batch, where one is needed
+        self._sorted = self._natural
+        if not self._natural.contiguous:
+            self._order = torch.argsort(cluster, stable=True)
+            self._inverse = torch.argsort(self._order)
+            self._sorted = _Layout.of(cluster[self._order], self.k)
 
     def __enter__(self) -> GramCapture:
         if _is_compiled(self.net):
@@ -212,15 +291,33 @@ class GramCapture:
         for module in self.net.modules():
             if _direct_params(module):
                 self._handles.append(module.register_forward_hook(self._record))
+        if self._order is not None:  # registered after the records: the net's own record sees sorted rows
+            self._handles.append(self.net.register_forward_pre_hook(self._sort_batch, with_kwargs=True))
+            self._handles.append(self.net.register_forward_hook(self._restore_batch))
         return self
 
     def __exit__(self, *exc: object) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._inside = 0
         if self._stance is not None:
             self._stance.__exit__(None, None, None)
             self._stance = None
+
+    def _sort_batch(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        self._inside += 1
+        if self._inside > 1 or self._order is None:
+            return None
+        return _batch_map(args, self.batch_size, self._order), _batch_map(
+            kwargs, self.batch_size, self._order
+        )
+
+    def _restore_batch(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        self._inside -= 1
+        if self._inside or self._order is None:
+            return None
+        return _batch_map(output, self.batch_size, self._inverse)
 
     def _record(self, module: nn.Module, args: tuple, output: Any) -> None:
         if not torch.is_grad_enabled():
@@ -239,7 +336,8 @@ class GramCapture:
             )
         root = not any(isinstance(a, Tensor) and a.requires_grad for a in args)
         inputs = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
-        self._calls.append(_Call(module, inputs, output, root, dict(module._parameters)))
+        layout = self._sorted if self._inside else self._natural
+        self._calls.append(_Call(module, inputs, output, root, dict(module._parameters), layout))
 
     # ---- the Gram pass ---------------------------------------------------------------------------
     def gram(self, total_loss: Tensor, params: Iterable[Tensor], keep: str | None = None) -> Tensor:
@@ -281,25 +379,28 @@ class GramCapture:
             if result is None:
                 call.inputs = ()
                 return
-            flat, names, fast = result
+            pieces, names, fast = result
             slot = pending.get(id(call.module))
-            kind = self._kind(keep, fast, slot is not None, call, grad, flat.shape[1])
+            kind = self._kind(keep, fast, slot is not None, call, grad, sum(p.shape[1] for p in pieces))
             if kind == "output":  # keep the output gradient (the input is held): one product later
                 self._kept.append(("output", call, names, grad))
             else:
                 call.inputs = ()  # nothing of this call's input is needed any more
             if kind == "local rows":
-                self._kept.append((kind, call, names, flat))
+                self._kept.append((kind, call, names, pieces))
             if slot is not None:
-                slot.grads = flat if slot.grads is None else slot.grads + flat
+                slot.grads = pieces if slot.grads is None else [a + b for a, b in zip(slot.grads, pieces)]
                 slot.calls_left -= 1
                 if slot.calls_left:
                     return
-                flat = slot.grads
-            flat = all_reduce_mean_(flat)
+                pieces = slot.grads
+            if world_size() > 1:  # one reduction per layer
+                flat = all_reduce_mean_(torch.cat(pieces, dim=1))
+                pieces = list(flat.split([p.shape[1] for p in pieces], dim=1))
             if kind == "rows":
-                self._kept.append((kind, call, names, flat))
-            gram.add_((flat @ flat.T).to(torch.float64))
+                self._kept.append((kind, call, names, pieces))
+            for piece in pieces:
+                gram.add_(_gram_of(piece))
 
         def hook(call: _Call, grad: Tensor) -> None:
             if not self._local and not call.done:
@@ -402,33 +503,35 @@ class GramCapture:
         local: list[Tensor | None] = [None] * len(params)  # this process's share: averaged below
         averaged: list[Tensor | None] = [None] * len(params)  # built from averaged cluster gradients
         for kind, call, names, held in kept:
-            if (
-                kind == "output"
-            ):  # a fast layer's output gradient: one weight-gradient product with c[cluster]
+            if kind == "output":  # a fast layer's output gradient: one weight-gradient GEMM, c[cluster]
                 pieces = self._combined(call, held, names, coefficients)
-            else:  # (K, n): the K cluster gradients of the module's parameters
-                flat = coefficients.to(held.device, held.dtype) @ held
-                pieces = flat.split([call.params[name].numel() for name in names])
+            else:  # per parameter (K, n): the K cluster gradients of the module's parameters
+                pieces = [coefficients.to(rows.device, rows.dtype) @ rows for rows in held]
             totals = averaged if kind == "rows" else local
             for name, piece in zip(names, pieces):
                 i = position[id(call.params[name])]
                 piece = piece.reshape(params[i].shape)
                 totals[i] = piece if totals[i] is None else totals[i] + piece
-        grads = [torch.zeros_like(p) if t is None else t.to(p.dtype) for p, t in zip(params, local)]
         if world_size() > 1 and mode in ("auto", "inputs"):  # the same call on every process
-            flat = all_reduce_mean_(torch.cat([g.reshape(-1) for g in grads]))
-            grads = [g.reshape(p.shape) for g, p in zip(flat.split([p.numel() for p in params]), params)]
-        for i, total in enumerate(averaged):
-            if total is not None:
-                grads[i] = grads[i] + total.to(grads[i].dtype)
+            local = [torch.zeros_like(p) if t is None else t.to(p.dtype) for p, t in zip(params, local)]
+            flat = all_reduce_mean_(torch.cat([g.reshape(-1) for g in local]))
+            local = [g.reshape(p.shape) for g, p in zip(flat.split([p.numel() for p in params]), params)]
+        grads = []
+        for p, mine, total in zip(params, local, averaged):
+            if mine is None and total is None:
+                grads.append(torch.zeros_like(p))
+            elif mine is None or total is None:
+                grads.append((mine if total is None else total).to(p.dtype))
+            else:
+                grads.append(mine.to(p.dtype) + total.to(p.dtype))
         return grads
 
     def _cluster_grads(
         self, call: _Call, grad: Tensor | None, wanted: set[int] | None, covered: set[Any]
-    ) -> tuple[Tensor, list[str], bool] | None:
-        """(K, n) cluster gradients of the module's own parameters that are in ``wanted`` (None: all).
+    ) -> tuple[list[Tensor], list[str], bool] | None:
+        """Per parameter of the module's own in ``wanted`` (None: all), its (K, n) cluster gradients.
 
-        Returns them with the parameter names in column order and whether the module has a fast path.
+        Returns them with the parameter names in their order and whether the module has a fast path.
         """
         module = call.module
         names = [
@@ -447,21 +550,29 @@ class GramCapture:
             names = [name for name in ("weight", "bias") if name in names]
         if grad is None:  # the loss does not depend on this output: zero cluster gradients
             first = call.params[names[0]]
-            size = sum(call.params[name].numel() for name in names)
             dtype = torch.promote_types(first.dtype, torch.float32)
-            return torch.zeros(self.k, size, dtype=dtype, device=first.device), names, kind is not None
+            pieces = [
+                torch.zeros(self.k, call.params[name].numel(), dtype=dtype, device=first.device)
+                for name in names
+            ]
+            return pieces, names, kind is not None
         compute = torch.promote_types(grad.dtype, torch.float32)
+        pieces = [  # filled in place
+            torch.empty(self.k, call.params[name].numel(), dtype=compute, device=grad.device)
+            for name in names
+        ]
         if kind is None:
-            return torch.cat(self._generic(call, grad, names, compute), dim=1), names, False
-        method = {"linear": self._linear, "conv2d": self._conv2d, "embedding": self._embedding}[kind]
-        pieces = method(module, call.inputs[0], grad, names, compute)
-        return torch.cat(pieces, dim=1), names, True
+            self._generic(call, grad, names, pieces)
+        else:
+            method = {"linear": self._linear, "conv2d": self._conv2d, "embedding": self._embedding}[kind]
+            method(call, grad, dict(zip(names, pieces)))
+        return pieces, names, kind is not None
 
     def _combined(self, call: _Call, grad: Tensor, names: list[str], coefficients: Tensor) -> list[Tensor]:
         """``sum_k c_k`` (cluster gradient k) of a fast layer's parameters: one product, c per sample."""
         module, inputs = call.module, call.inputs[0]
         dtype = torch.promote_types(grad.dtype, torch.float32)
-        scale = coefficients.to(grad.device, dtype)[self.sample_cluster.to(grad.device)]  # (B,)
+        scale = coefficients.to(grad.device, dtype)[call.layout.cluster.to(grad.device)]  # (B,)
         grad = grad.to(dtype)
         kind = _fast_kind(module)
         pieces = []
@@ -501,70 +612,73 @@ class GramCapture:
             pieces.append(table)
         return pieces
 
-    def _linear(
-        self, module: nn.Linear, inputs: Tensor, grad: Tensor, names: list[str], dtype: torch.dtype
-    ) -> list[Tensor]:
-        activations = inputs.reshape(self.batch_size, -1, module.in_features)
+    def _linear(self, call: _Call, grad: Tensor, out: dict[str, Tensor]) -> None:
+        """Cluster k's weight gradient ``G_k^T A_k`` into row k of ``out["weight"]``, its bias one likewise."""
+        module, layout = call.module, call.layout
+        weight, bias = out.get("weight"), out.get("bias")
         grad = grad.reshape(self.batch_size, -1, module.out_features)
-        weights, biases = [], []
-        for index in self.index:
-            g = grad.index_select(0, index).reshape(-1, module.out_features).to(dtype)
-            if "weight" in names:
-                a = activations.index_select(0, index).reshape(-1, module.in_features).to(dtype)
-                weights.append((g.T @ a).reshape(-1))
-            if "bias" in names:
-                biases.append(g.sum(0))
-        return [torch.stack(part) for part in (weights, biases) if part]
+        activations = call.inputs[0].reshape(self.batch_size, -1, module.in_features)
+        dtype = (weight if weight is not None else bias).dtype
+        if layout.equal:  # cluster k is the k-th of K equal slices: one batched product
+            g = grad.reshape(self.k, -1, module.out_features).to(dtype)
+            if weight is not None:
+                a = activations.reshape(self.k, -1, module.in_features).to(dtype)
+                torch.bmm(
+                    g.transpose(1, 2), a, out=weight.view(self.k, module.out_features, module.in_features)
+                )
+            if bias is not None:
+                torch.sum(g, 1, out=bias)
+            return
+        for k in range(self.k):
+            g = layout.rows(grad, k).reshape(-1, module.out_features).to(dtype)
+            if weight is not None:
+                a = layout.rows(activations, k).reshape(-1, module.in_features).to(dtype)
+                torch.mm(g.T, a, out=weight[k].view(module.out_features, module.in_features))
+            if bias is not None:
+                torch.sum(g, 0, out=bias[k])
 
-    def _conv2d(
-        self, module: nn.Conv2d, inputs: Tensor, grad: Tensor, names: list[str], dtype: torch.dtype
-    ) -> list[Tensor]:
-        weights, biases = [], []
-        for index in self.index:
-            g = grad.index_select(0, index).to(dtype)
-            if "weight" in names:
-                a = inputs.index_select(0, index).to(dtype)
+    def _conv2d(self, call: _Call, grad: Tensor, out: dict[str, Tensor]) -> None:
+        module, layout = call.module, call.layout
+        weight, bias = out.get("weight"), out.get("bias")
+        for k in range(self.k):
+            g = layout.rows(grad, k).to((weight if weight is not None else bias).dtype)
+            if weight is not None:
+                a = layout.rows(call.inputs[0], k).to(weight.dtype)
                 w = torch.nn.grad.conv2d_weight(
                     a, module.weight.shape, g, module.stride, module.padding, module.dilation, module.groups
                 )
-                weights.append(w.reshape(-1))
-            if "bias" in names:
-                biases.append(g.sum((0, 2, 3)))
-        return [torch.stack(part) for part in (weights, biases) if part]
+                weight[k].copy_(w.reshape(-1))
+            if bias is not None:
+                torch.sum(g, (0, 2, 3), out=bias[k])
 
-    def _embedding(
-        self, module: nn.Embedding, ids: Tensor, grad: Tensor, names: list[str], dtype: torch.dtype
-    ) -> list[Tensor]:
-        rows = []
-        for index in self.index:
-            table = torch.zeros(module.num_embeddings, module.embedding_dim, dtype=dtype, device=grad.device)
+    def _embedding(self, call: _Call, grad: Tensor, out: dict[str, Tensor]) -> None:
+        module, layout, rows = call.module, call.layout, out["weight"]
+        for k in range(self.k):
+            table = rows[k].view(module.num_embeddings, module.embedding_dim).zero_()
             table.index_add_(
                 0,
-                ids.index_select(0, index).reshape(-1),
-                grad.index_select(0, index).reshape(-1, module.embedding_dim).to(dtype),
+                layout.rows(call.inputs[0], k).reshape(-1),
+                layout.rows(grad, k).reshape(-1, module.embedding_dim).to(rows.dtype),
             )
             if module.padding_idx is not None:
                 table[module.padding_idx] = 0
-            rows.append(table.reshape(-1))
-        return [torch.stack(rows)]
 
-    def _generic(self, call: _Call, grad: Tensor, names: list[str], dtype: torch.dtype) -> list[Tensor]:
+    def _generic(self, call: _Call, grad: Tensor, names: list[str], out: list[Tensor]) -> None:
         """Any other module: K vector-Jacobian products through the module's own recorded graph."""
         params = [call.params[name] for name in names]
         shape = (self.batch_size,) + (1,) * (grad.dim() - 1)
-        rows = []
         self._local = True
         try:
-            for index in self.index:
+            for k, index in enumerate(call.layout.index):
                 mask = torch.zeros(shape, dtype=grad.dtype, device=grad.device)
                 mask[index] = 1
                 grads = torch.autograd.grad(
                     call.output, params, grad_outputs=grad * mask, retain_graph=True, materialize_grads=True
                 )
-                rows.append(torch.cat([g.reshape(-1).to(dtype) for g in grads]))
+                for rows, g in zip(out, grads):
+                    rows[k].copy_(g.reshape(-1))
         finally:
             self._local = False
-        return [torch.stack(rows)]
 
 
 class GramBalancer(Balancer):
@@ -680,7 +794,7 @@ class GramBalancer(Balancer):
                     )
                 )
             else:  # built from the Gram pass, in the scaled domain like a scaled backward
-                add_to_grads(params, capture.update(coefficients))
+                add_to_grads(params, capture.update(coefficients), owned=True)  # fresh tensors
                 if clip:
                     logs.update(self._clip(params, scaler))
         self.step += 1

@@ -528,3 +528,45 @@ def test_skipped_and_unused_outputs_get_exact_gradients(keep):
         coefficients = torch.tensor([0.5, -2.0, 1.0, 3.0], dtype=torch.float64)
         update = torch.cat([u.reshape(-1) for u in capture.update(coefficients)])
         torch.testing.assert_close(update, coefficients @ jacobian, rtol=1e-10, atol=1e-14)
+
+
+LAYOUTS = {  # K = 4, batch 12: how the clusters lie in the batch
+    "equal slices": [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3],  # one batched product per layer, no reordering
+    "unequal runs": [2, 2, 0, 0, 0, 0, 3, 1, 1, 1, 1, 1],  # contiguous: slices, no reordering
+    "interleaved": [0, 1, 2, 3, 0, 1, 2, 0, 1, 0, 0, 2],  # the forward runs on the batch sorted by cluster
+    "empty cluster": [0, 2, 3, 0, 2, 3, 0, 2, 3, 0, 2, 3],  # cluster 1 has no sample
+}
+
+
+@pytest.mark.parametrize("keep", [None, "auto", "inputs", "grads"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_gram_and_update_equal_reference_for_every_cluster_layout(layout, keep):
+    """However the clusters lie in the batch (the capture may sort the batch for the net's forward),
+    the net's output keeps the caller's order and the Gram matrix and update equal the K-backward
+    reference; a layer called outside the net's forward (on the caller's order) is exact too."""
+    net, (x, y, t, target, _) = _net_and_batch(12)
+    cluster = torch.tensor(LAYOUTS[layout])
+    side = torch.randn(12, 5, 6, dtype=torch.float64)  # fed to net.shared directly, outside net's forward
+    params = list(net.parameters())
+    expected_out = net(x, t, y)
+
+    def losses() -> torch.Tensor:
+        per_sample = (net(x, t, y) - target).pow(2).mean(dim=(1, 2)) * (1 + t.to(x.dtype) / 20)
+        per_sample = per_sample + net.shared(side).pow(2).mean(dim=(1, 2))
+        counts = torch.bincount(cluster, minlength=K).clamp_min(1).to(per_sample.dtype)
+        return torch.zeros(K, dtype=per_sample.dtype).index_add(0, cluster, per_sample) / counts
+
+    with GramCapture(net, cluster, K) as capture:
+        torch.testing.assert_close(net(x, t, y), expected_out, rtol=1e-13, atol=1e-15)
+        values = losses()
+    assert not net._forward_pre_hooks and not net._forward_hooks  # the capture's hooks are gone
+    jacobian = cluster_jacobian(values, params)
+    if layout == "empty cluster":
+        assert jacobian[1].abs().max() == 0
+    torch.testing.assert_close(
+        capture.gram(values.sum(), params, keep=keep), jacobian @ jacobian.T, rtol=1e-10, atol=1e-14
+    )
+    if keep is not None:
+        coefficients = torch.tensor([0.5, -2.0, 1.0, 3.0], dtype=torch.float64)
+        update = torch.cat([u.reshape(-1) for u in capture.update(coefficients)])
+        torch.testing.assert_close(update, coefficients @ jacobian, rtol=1e-10, atol=1e-13)
