@@ -44,6 +44,14 @@ def _p(p: float | None) -> str:
     return "" if p is None else (f"{p:.2g}" if p >= 0.001 else f"{p:.1e}")
 
 
+def _header(*columns: str) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
+def _verdict(verdict: str) -> str:
+    return f"**{verdict}**" if verdict in ("better", "worse") else verdict
+
+
 def _process(recipe: str) -> str:
     return "flow" if recipe.startswith("sit_") else "ddpm"
 
@@ -65,10 +73,17 @@ def seeds_table(payload: dict[str, Any]) -> str:
     fid = "fid_classifier"
     order = sorted(by_recipe, key=lambda r: (_process(r), by_recipe[r][f"{fid}_mean"]))
     protocol = _protocol(payload["curves"])
-    lines = [
-        "| recipe | process (solver, NFE) | seeds | FID | FID 95 % CI | precision | recall | IS | class accuracy |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = _header(
+        "recipe",
+        "process (solver, NFE)",
+        "seeds",
+        "FID",
+        "FID 95 % CI",
+        "precision",
+        "recall",
+        "IS",
+        "class accuracy",
+    )
     for recipe in order:
         row = by_recipe[recipe]
 
@@ -85,14 +100,11 @@ def seeds_table(payload: dict[str, Any]) -> str:
 
 
 def comparisons_table(payload: dict[str, Any]) -> str:
-    lines = [
-        "| recipe | against | metric | difference of means | paired p | Welch p | verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = _header("recipe", "against", "metric", "difference of means", "paired p", "Welch p", "verdict")
     rows = sorted(payload["comparisons"], key=lambda c: (c["metric"], c.get("process", ""), c["recipe"]))
     for c in rows:
         metric = "FID" if c["metric"].startswith("fid") else "class accuracy"
-        verdict = f"**{c['verdict']}**" if c["verdict"] in ("better", "worse") else c["verdict"]
+        verdict = _verdict(c["verdict"])
         lines.append(
             f"| {c['recipe']} | {c['baseline']} | {metric} | {c['difference']:+.3f} | {_p(c['paired_p'])} "
             f"| {_p(c['welch_p'])} | {verdict} |"
@@ -102,17 +114,16 @@ def comparisons_table(payload: dict[str, Any]) -> str:
 
 def flow_table(payload: dict[str, Any]) -> str:
     """Each flow recipe against the DDPM recipe with the same parts (Welch: the seeds do not pair)."""
-    lines = [
-        "| flow recipe | DDPM recipe | metric | flow | DDPM | difference | Welch p | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines = _header(
+        "flow recipe", "DDPM recipe", "metric", "flow", "DDPM", "difference", "Welch p", "verdict"
+    )
     for metric, lower in (("fid", True), ("class_accuracy", False)):
         values = record.final_values(payload["curves"], metric)
         for flow, ddpm in FLOW_PAIRS:
             if flow not in values or ddpm not in values:
                 continue
             c = stats.compare(flow, values[flow], ddpm, values[ddpm], metric, lower, paired=False)
-            verdict = f"**{c.verdict}**" if c.verdict in ("better", "worse") else c.verdict
+            verdict = _verdict(c.verdict)
             label = "FID" if metric == "fid" else "class accuracy"
             digits = 2 if metric == "fid" else 3
             lines.append(
@@ -138,10 +149,9 @@ def steps_table(payload: dict[str, Any]) -> str:
 
 
 def shipped_table(payload: dict[str, Any]) -> str:
-    lines = [
-        "| shipped model (seed 0, 500 samples) | process: solver, steps (NFE) | FID | class accuracy |",
-        "|---|---|---|---|",
-    ]
+    lines = _header(
+        "shipped model (seed 0, 500 samples)", "process: solver, steps (NFE)", "FID", "class accuracy"
+    )
     rows = sorted(payload["results"], key=lambda r: record.column(r, "fid"))
     for row in rows:
         protocol = row["protocol"]

@@ -20,7 +20,6 @@ import argparse
 import base64
 import html
 import io
-import json
 import math
 import os
 import re
@@ -30,7 +29,13 @@ from typing import Any
 
 from zoo.eval import metrics as evaluate
 from zoo.eval import record
-from zoo.eval.leaderboard import DEFAULT_OUT, plot_curves, rows_by_process, summarize_seeds
+from zoo.eval.leaderboard import (
+    DEFAULT_OUT,
+    plot_curves,
+    read_leaderboard_json,
+    rows_by_process,
+    summarize_seeds,
+)
 from zoo.eval.metrics import KID_SUBSET_SIZE
 from zoo.hub import PACKAGE_WEIGHTS
 
@@ -459,11 +464,7 @@ def page_from_json(json_path: Path, out: Path | None = None) -> Path:
 
     Writes `<out or the JSON's folder>/<JSON stem>.html`."""
     json_path = Path(json_path)
-    if not json_path.is_file():
-        raise FileNotFoundError(f"no leaderboard JSON at {json_path}")
-    payload = json.loads(json_path.read_text())
-    if not isinstance(payload, dict) or "settings" not in payload or "results" not in payload:
-        raise ValueError(f"{json_path} is not a leaderboard JSON (needs 'settings' and 'results')")
+    payload = read_leaderboard_json(json_path)
     folder = Path(out) if out is not None else json_path.parent
     return write_page(
         payload, folder / f"{json_path.stem}.html", assets=json_path.parent, source=json_path.name

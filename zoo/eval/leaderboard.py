@@ -310,13 +310,13 @@ class Evaluator:
         }
         return torch.cat(images), labels, cost
 
-    def expected_protocol(self, process: str) -> dict[str, Any]:
-        """What every row of `process` evaluated here records, but the per-row keys, the code
-        provenance and the per-model ones (nfe, net_calls, x0_clipping): the protocol `--merge` compares."""
-        choice = self.settings.choice(process)
-        protocol = evaluate.Protocol(
-            model="",
-            weights_sha256="",
+    def _protocol(
+        self, choice: Any, name: str, weights_sha256: str, training_step: int | None = None
+    ) -> evaluate.Protocol:
+        """The Protocol record of one row sampled with `choice` (a SolverChoice) under these settings."""
+        return evaluate.Protocol(
+            model=name,
+            weights_sha256=weights_sha256,
             sampler=choice.solver,
             steps=choice.steps,
             guidance=self.settings.cfg,
@@ -325,7 +325,14 @@ class Evaluator:
             extractor=self.extractor.name,
             extractor_sha256=self.extractor.sha256,
             seed=self.settings.seed,
-        ).to_dict()
+            training_step=training_step,
+        )
+
+    def expected_protocol(self, process: str) -> dict[str, Any]:
+        """What every row of `process` evaluated here records, but the per-row keys, the code
+        provenance and the per-model ones (nfe, net_calls, x0_clipping): the protocol `--merge` compares."""
+        choice = self.settings.choice(process)
+        protocol = self._protocol(choice, "", "").to_dict()
         out = {**protocol, **record.settings_record(self.settings, process, self.reference_size)}
         out["solver_options"] = dict(choice.options)
         for key in (*record.PER_ROW_PROTOCOL, *record.PER_MODEL_PROTOCOL):
@@ -356,19 +363,7 @@ class Evaluator:
             seed=self.settings.seed,
             kid_subsets=self.settings.kid_subsets,
         )
-        protocol = evaluate.Protocol(
-            model=name,
-            weights_sha256=weights_sha256,
-            sampler=choice.solver,
-            steps=choice.steps,
-            guidance=self.settings.cfg,
-            num_samples=self.settings.samples,
-            reference=self.reference_name,
-            extractor=self.extractor.name,
-            extractor_sha256=self.extractor.sha256,
-            seed=self.settings.seed,
-            training_step=training_step,
-        )
+        protocol = self._protocol(choice, name, weights_sha256, training_step)
         extra = record.protocol_record(self.settings, model, len(self.reference))
         # the solver, its options and the measured NFE per image (a guided step counts 2) win over derived ones
         return {"model": name, **metrics, "protocol": {**protocol.to_dict(), **extra, **cost}}
@@ -759,16 +754,19 @@ def run_leaderboard(
     return payload
 
 
-def _read_leaderboard(merge: Path | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(merge, dict):
-        return merge
-    path = Path(merge)
+def read_leaderboard_json(path: Path | str, what: str = "") -> dict[str, Any]:
+    """A leaderboard JSON written by `zoo leaderboard`, checked; `what` prefixes the errors (e.g. "--merge: ")."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--merge: no leaderboard JSON at {path}")
+        raise FileNotFoundError(f"{what}no leaderboard JSON at {path}")
     payload = json.loads(path.read_text())
     if not isinstance(payload, dict) or "settings" not in payload or "results" not in payload:
-        raise ValueError(f"--merge: {path} is not a leaderboard JSON (needs 'settings' and 'results')")
+        raise ValueError(f"{what}{path} is not a leaderboard JSON (needs 'settings' and 'results')")
     return payload
+
+
+def _read_leaderboard(merge: Path | dict[str, Any]) -> dict[str, Any]:
+    return merge if isinstance(merge, dict) else read_leaderboard_json(merge, "--merge: ")
 
 
 def _curve_key(row: dict[str, Any]) -> tuple[str, int, int]:
