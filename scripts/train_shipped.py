@@ -3,7 +3,7 @@
     python scripts/train_shipped.py                 # digits: classifier, 11 recipes x 3 seeds, leaderboard
     python scripts/train_shipped.py --seeds 0 --recipes dit_t dit_t_dtr
     python scripts/train_shipped.py --data mnist --seeds 0   # MNIST (28x28): the same recipes on dit_t_p4
-    python scripts/train_shipped.py --out /tmp/rerun --recipes dit_t_dtr --seeds 1   # one part, shipped files untouched
+    python scripts/train_shipped.py --out runs/rerun --recipes dit_t_dtr --seeds 1   # one part, shipped files untouched
     python scripts/train_shipped.py --recipes sit_t sit_t_dtr sit_t_nash_k5 sit_t_minsnr   # the flow process
 
 On MNIST the recipes use the patch-4 tiny backbone (`dit_t_p4`: 49 tokens per 28x28 image) so that the

@@ -29,11 +29,11 @@ def test_every_recipe_gets_the_same_compute_and_a_grid_solver_of_its_process():
     assert train_shipped.process_of("dit_t_dtr") == "ddpm"
 
 
-def test_out_moves_the_runs_and_the_default_keeps_them():
+def test_out_moves_the_runs_and_the_default_keeps_them(tmp_path):
     default = train_shipped.train_command("dit_t", 2)
     assert flag(default, "--out") == str(Path("runs") / "shipped" / "dit_t" / "seed2")
-    moved = train_shipped.train_command("dit_t", 2, runs=Path("/tmp/rerun"))
-    assert flag(moved, "--out") == "/tmp/rerun/dit_t/seed2"
+    moved = train_shipped.train_command("dit_t", 2, runs=tmp_path / "rerun")
+    assert flag(moved, "--out") == str(tmp_path / "rerun" / "dit_t" / "seed2")
     assert shlex.join(moved).startswith("zoo train dit_t ")
 
 
