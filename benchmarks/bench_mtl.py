@@ -75,7 +75,10 @@ def _prime(optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _make_step(net: DiT, balancer: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
+def _make_step(
+    net: DiT, balancer: torch.nn.Module, batch: dict[str, torch.Tensor], reevaluate: bool = False
+) -> Callable[[], None]:
+    """One training step; `reevaluate` adds FAMO's no-grad re-evaluation forward to any balancer."""
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params + [p for g in balancer.parameter_groups() for p in g["params"]], lr=1e-4
@@ -94,6 +97,9 @@ def _make_step(net: DiT, balancer: torch.nn.Module, batch: dict[str, torch.Tenso
         if balancer.needs_after_step:
             with torch.no_grad():
                 balancer.after_step(losses())
+        elif reevaluate:
+            with torch.no_grad():
+                losses()
 
     return step
 
@@ -145,6 +151,8 @@ def _candidates() -> dict[str, tuple[str, dict[str, Any]]]:
         "linear": ("linear", {}),
         "uw": ("uw", {}),
         "famo": ("famo", {}),
+        # FAMO's floor: a linear step plus the no-grad forward FAMO re-evaluates its losses with
+        "linear + no-grad forward": ("linear", {"reevaluate": True}),
         "nash@1": ("nash", every),
         "imtl@1": ("imtl", every),
         "pcgrad@1": ("pcgrad", every),
@@ -162,6 +170,7 @@ ROWS = [
     "linear",
     "uw",
     "famo",
+    "linear + no-grad forward",
     "nash@25",
     "imtl@25",
     "nash@1",
@@ -233,7 +242,9 @@ def _run(
             if balancer == "autogram":
                 steps[label] = _make_autogram_step(net, batch)
             else:
-                steps[label] = _make_step(net, mtl.build(balancer, K, **options), batch)
+                options = dict(options)
+                reevaluate = options.pop("reevaluate", False)
+                steps[label] = _make_step(net, mtl.build(balancer, K, **options), batch, reevaluate)
         if "held" in steps:
             steps["held"]()  # the held candidate must skip its first (update) step
         memory = {}

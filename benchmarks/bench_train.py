@@ -8,6 +8,10 @@ Sections (`--sections`, default all; a subset replaces only its own entries of t
 * `dit_s` -- a DiT-S/2 step at 32x32x4 latents (batch 10, forward + eps loss + backward + AdamW,
   this process's CPU time on one thread) in fp32 and bf16 autocast (compiling DiT-S took too long
   for the shared machine).
+* `peak` -- how close the fp32 DiT-S/2 step (eager and `torch.compile`) comes to this thread's GEMM
+  peak (the best 2048^3 fp32 `torch.mm`): useful FLOPs (the step's GEMMs from the profiled shapes +
+  attention) per CPU second, the GEMMs' own rate at the step's shapes, and where the rest of the step's
+  self time goes (attention, GELU, LayerNorm, copies, AdamW, other elementwise).
 * `compile_gram` -- whether a compiled net keeps the Gram balancers exact: the Gram matrix and the
   update of a compiled dit_t against the eager one (fp32), and a held step of Nash-MTL (no capture:
   the compiled forward runs) against the eager net's.
@@ -46,7 +50,7 @@ from zoo.data import load_dataset
 from zoo.train import TrainConfig, Trainer
 
 NAME = "train"
-SECTIONS = ("trainer", "dit_s", "compile_gram", "ddpm")
+SECTIONS = ("trainer", "dit_s", "peak", "compile_gram", "ddpm")
 
 
 def _trainer(model: str, batch: int, out: str, device: str, **changes: Any) -> Trainer:
@@ -102,6 +106,8 @@ def run(quick: bool = False, sections: list[str] | None = None) -> dict[str, Any
             rows, extra["timings"] = _trainer_rows(device, quick)
         elif section == "dit_s":
             extra["dit_s_step"] = _dit_s_step(quick)
+        elif section == "peak":
+            extra["gemm_peak"] = _gemm_peak(quick)
         elif section == "compile_gram":
             extra["compile_gram_exactness"] = _compile_gram_check()
         else:
@@ -117,6 +123,14 @@ def run(quick: bool = False, sections: list[str] | None = None) -> dict[str, Any
     result = report(NAME, "Training throughput (Trainer.train_step on digits)", rows, **extra)
     if "dit_s" in sections and "dit_s_step" in extra:
         print(format_table(extra["dit_s_step"]))
+    if "peak" in sections and "gemm_peak" in extra:
+        print(format_table(extra["gemm_peak"]["rows"]))
+        print(
+            "GEMM peak:",
+            extra["gemm_peak"]["gemm_peak_GFLOPs"],
+            "GFLOP/s;",
+            extra["gemm_peak"]["eager_profile"],
+        )
     if "compile_gram" in sections and "compile_gram_exactness" in extra:
         print("compile + Gram hooks:", extra["compile_gram_exactness"])
     if "ddpm" in sections and "ddpm_overhead" in extra:
@@ -158,42 +172,51 @@ def _trainer_rows(device: str, quick: bool) -> tuple[list[dict[str, Any]], dict[
     return rows, timings
 
 
+def _dit_s_inputs(side: int, batch: int = 10) -> tuple[dict[str, Any], tuple[torch.Tensor, ...]]:
+    """DiT-S/2's config at side x side x 4 latents and a fixed batch (x, noise, t, y)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 4, side, side, generator=generator)
+    noise = torch.randn(batch, 4, side, side, generator=generator)
+    t = torch.randint(0, 1000, (batch,), generator=generator)
+    y = torch.randint(0, 1000, (batch,), generator=generator)
+    config = {"input_size": side, "patch_size": 2, "hidden_size": 384, "depth": 12, "num_heads": 6}
+    return config, (x, noise, t, y)
+
+
+def _dit_s_train_step(
+    config: dict[str, Any], batch: tuple[torch.Tensor, ...], dtype: torch.dtype | None, compiled: bool
+) -> tuple[torch.nn.Module, Any]:
+    """(net, step): one training step of a fresh DiT-S/2 (forward, eps MSE, backward, AdamW)."""
+    x, noise, t, y = batch
+    torch.manual_seed(0)
+    net = DiT(**config, in_channels=4, num_classes=1000, learn_sigma=True)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    forward = torch.compile(net) if compiled else net
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = (forward(x, t, y)[:, :4].float() - noise).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    return net, step
+
+
 def _dit_s_step(quick: bool) -> list[dict[str, Any]]:
     """DiT-S/2 at 32x32x4 (16x16 quick), batch 10: fp32 vs bf16 autocast, CPU time on one thread."""
 
-    side, batch = (16 if quick else 32), 10
+    side = 16 if quick else 32
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(0)
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, 4, side, side, generator=generator)
-        noise = torch.randn(batch, 4, side, side, generator=generator)
-        t = torch.randint(0, 1000, (batch,), generator=generator)
-        y = torch.randint(0, 1000, (batch,), generator=generator)
-        config = {"input_size": side, "patch_size": 2, "hidden_size": 384, "depth": 12, "num_heads": 6}
-
-        def make(dtype: torch.dtype | None, compiled: bool):
-            torch.manual_seed(0)
-            net = DiT(**config, in_channels=4, num_classes=1000, learn_sigma=True)
-            optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-            forward = torch.compile(net) if compiled else net
-
-            def step() -> float:
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                    loss = (forward(x, t, y)[:, :4].float() - noise).pow(2).mean()
-                loss.backward()
-                optimizer.step()
-                return float(loss)
-
-            return step
-
+        config, batch = _dit_s_inputs(side)
         steps = {
-            "dit_s fp32": make(None, False),
-            "dit_s bf16 autocast": make(torch.bfloat16, False),
+            "dit_s fp32": _dit_s_train_step(config, batch, None, False)[1],
+            "dit_s bf16 autocast": _dit_s_train_step(config, batch, torch.bfloat16, False)[1],
         }
-        first = {name: step() for name, step in steps.items()}  # warm-up: compilation happens here
+        first = {name: step() for name, step in steps.items()}  # warm-up
         timings = interleaved_timings(steps, repeats=3 if quick else 5, warmup=1, clock=time.process_time)
     finally:
         torch.set_num_threads(threads)
@@ -202,7 +225,7 @@ def _dit_s_step(quick: bool) -> list[dict[str, Any]]:
         {
             "candidate": name,
             "latent": f"{side}x{side}x4",
-            "batch": batch,
+            "batch": len(batch[0]),
             "threads": 1,
             "cpu_s": timing["median"],
             "cpu_s_min": timing["min"],
@@ -213,6 +236,168 @@ def _dit_s_step(quick: bool) -> list[dict[str, Any]]:
         }
         for name, timing in timings.items()
     ]
+
+
+#: the profiler's names of GEMM ops and of the CPU flash-attention kernels (forward, backward)
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu",)
+
+
+def _gemm_ceiling(n: int, repeats: int = 5) -> float:
+    """The fp32 GEMM rate of this thread (GFLOP/s): the best CPU time of an n x n x n `torch.mm`."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        torch.mm(a, b, out=out)
+        best = min(best, time.process_time() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def _gemm_flops(name: str, shapes: list[list[int]]) -> float:
+    """2 m n k of one GEMM call from the profiler's input shapes (addmm / baddbmm: bias first)."""
+    first, second = shapes[:2] if name in ("aten::mm", "aten::bmm") else shapes[1:3]
+    batch = first[0] if len(first) == 3 else 1
+    return 2.0 * batch * first[-2] * first[-1] * second[-1]
+
+
+def _op_group(event: Any) -> str:
+    """Which part of a training step one profiled op belongs to (by its name or its caller)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("Optimizer.step"):
+            return "AdamW"
+        parent = parent.cpu_parent
+    name = event.name
+    if name in GEMM_OPS:
+        return "GEMM"
+    if "scaled_dot_product" in name:
+        return "attention"
+    if "gelu" in name:
+        return "GELU"
+    if "layer_norm" in name:
+        return "LayerNorm"
+    if name in ("aten::copy_", "aten::cat", "aten::clone", "aten::contiguous", "aten::fill_"):
+        return "copies"
+    return "other elementwise"
+
+
+def _profile_step(step: Any) -> dict[str, Any]:
+    """One profiled step: the share of self time per group, the FLOPs of its GEMMs and their distinct
+    calls (the profiler's times are wall-clock and its per-op overhead weighs on small ops, so the
+    shares are indicative only; rates come from CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    groups: dict[str, float] = {}
+    gemm_flops = 0.0
+    gemm_calls: dict[tuple[str, tuple[tuple[int, ...], ...]], int] = {}
+    for event in prof.events():
+        seconds = event.self_cpu_time_total / 1e6
+        if seconds <= 0:
+            continue
+        group = _op_group(event)
+        groups[group] = groups.get(group, 0.0) + seconds
+        if event.name in GEMM_OPS and group == "GEMM":
+            gemm_flops += _gemm_flops(event.name, event.input_shapes)
+            key = (event.name, tuple(tuple(shape) for shape in event.input_shapes if shape))
+            gemm_calls[key] = gemm_calls.get(key, 0) + 1
+    total = sum(groups.values())
+    return {
+        "self_s": total,
+        "share": {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+        "gemm_GFLOP": gemm_flops / 1e9,
+        "gemm_calls": gemm_calls,
+    }
+
+
+def _replay_gemms(calls: dict[tuple[str, tuple[tuple[int, ...], ...]], int], repeats: int = 3) -> float:
+    """CPU seconds the step's GEMMs take on their own: each distinct call (op and shapes) timed alone,
+    best of `repeats`, on contiguous operands (the step's own may be transposed views), times its count."""
+    total = 0.0
+    for (name, shapes), count in calls.items():
+        operands = [torch.randn(*shape) for shape in shapes]
+        op = getattr(torch, name.split("::")[1])
+        op(*operands)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.process_time()
+            op(*operands)
+            best = min(best, time.process_time() - start)
+        total += count * best
+    return total
+
+
+def _attention_flops(config: dict[str, Any], batch: int) -> float:
+    """Useful FLOPs of a step's attention (QK^T and PV, 4 B N^2 D a layer forward; backward 2x)."""
+    tokens = (config["input_size"] // config["patch_size"]) ** 2
+    return 3 * config["depth"] * 4.0 * batch * tokens**2 * config["hidden_size"]
+
+
+def _gemm_peak(quick: bool) -> dict[str, Any]:
+    """How close a DiT-S/2 fp32 training step comes to this thread's GEMM peak, eager and compiled.
+
+    Useful FLOPs of a step = its GEMMs (counted from the profiled shapes) + attention (analytic);
+    utilisation = useful FLOPs / step CPU time / the peak (best n^3 fp32 `torch.mm`, n = 2048).
+    """
+    side = 16 if quick else 32
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ceilings = {n: _gemm_ceiling(n) for n in ((512, 1024) if quick else (1024, 2048))}
+        peak = max(ceilings.values())
+        config, batch = _dit_s_inputs(side)
+        eager = _dit_s_train_step(config, batch, None, False)[1]
+        compiled_step = _dit_s_train_step(config, batch, None, True)[1]
+        eager()
+        start = time.perf_counter()
+        compiled_step()  # compiles (forward and backward graphs)
+        compile_s = time.perf_counter() - start
+        profile = _profile_step(eager)
+        gemm_alone_s = _replay_gemms(profile.pop("gemm_calls"))
+        steps = {"eager": eager, "torch.compile": compiled_step}
+        timings = interleaved_timings(steps, repeats=2 if quick else 5, warmup=1, clock=time.process_time)
+    finally:
+        torch.set_num_threads(threads)
+    useful = profile["gemm_GFLOP"] * 1e9 + _attention_flops(config, len(batch[0]))
+    rows = []
+    for name, timing in timings.items():
+        seconds = timing["median"]
+        rows.append(
+            {
+                "candidate": f"dit_s fp32 {name}",
+                "latent": f"{side}x{side}x4",
+                "batch": len(batch[0]),
+                "cpu_s": seconds,
+                "cpu_s_min": timing["min"],
+                "cpu_s_max": timing["max"],
+                "useful_GFLOPs": useful / seconds / 1e9,
+                "pct_of_gemm_peak": 100 * useful / seconds / 1e9 / peak,
+                "time_x_eager": seconds / timings["eager"]["median"],
+                "time_x_eager_per_round": _ratio_spread(timing["samples"], timings["eager"]["samples"]),
+            }
+        )
+    return {
+        "rows": rows,
+        "gemm_peak_GFLOPs": peak,
+        "gemm_ceilings_GFLOPs": {f"{n}^3": v for n, v in ceilings.items()},
+        "useful_GFLOP_per_step": useful / 1e9,
+        "attention_GFLOP_per_step": _attention_flops(config, len(batch[0])) / 1e9,
+        "eager_profile": profile,
+        # the step's GEMMs replayed alone (each distinct shape, best of 3): their own rate and time
+        "gemm_alone_s": gemm_alone_s,
+        "gemm_alone_GFLOPs": profile["gemm_GFLOP"] / gemm_alone_s,
+        "gemm_alone_pct_of_peak": 100 * profile["gemm_GFLOP"] / gemm_alone_s / peak,
+        "gemm_alone_share_of_eager_step": gemm_alone_s / timings["eager"]["median"],
+        "compile_s": compile_s,
+        "target_pct": 80,
+        "note": "CPU time of one thread; useful FLOPs = the GEMMs the eager step runs (from the "
+        "profiler's shapes) + attention's QK^T and PV (backward counted 2x forward); peak = the best "
+        "fp32 n^3 torch.mm of this thread",
+    }
 
 
 def _ratio_spread(values: list[float], base: list[float]) -> dict[str, float]:
@@ -422,6 +607,85 @@ def record_digits_run(run_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
+def _late_losses(run_dir: Path, last_steps: int = 500) -> tuple[list[float], float]:
+    """The logged losses of a run's last `last_steps` steps and its mean samples/s."""
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    final = records[-1]["step"]
+    late = [r["loss"] for r in records if r["step"] > final - last_steps]
+    return late, statistics.fmean(r["samples_per_s"] for r in records)
+
+
+def _step_fids(leaderboard: Path, recipe: str) -> tuple[dict[int, dict[int, float]], dict[str, Any]]:
+    """{step: {seed: FID}} of a recipe's curve rows in a leaderboard JSON, and one row's protocol."""
+    payload = json.loads(Path(leaderboard).read_text())
+    fids: dict[int, dict[int, float]] = {}
+    protocol: dict[str, Any] = {}
+    for row in payload["curves"]:
+        if row["recipe"] == recipe:
+            fids.setdefault(row["step"], {})[row["seed"]] = row["fid_classifier"]
+            protocol = {k: v for k, v in row["protocol"].items() if k not in ("model", "weights_sha256")}
+    return fids, protocol
+
+
+def record_bf16_quality(
+    bf16_run: Path,
+    fp32_runs: list[Path],
+    bf16_leaderboard: Path,
+    fp32_leaderboard: Path,
+    recipe: str = "dit_t",
+) -> dict[str, Any]:
+    """bf16-autocast training against fp32 at equal steps (same recipe, data, seed 0 and budget): the late
+    training loss and the FID of every checkpoint (the bf16 run against the fp32 seeds' mean and
+    spread), written as `bf16_quality` into train.json."""
+    bf16_late, bf16_speed = _late_losses(bf16_run)
+    fp32 = [_late_losses(run) for run in fp32_runs]
+    bf16_fids, protocol = _step_fids(bf16_leaderboard, recipe)
+    fp32_fids, fp32_protocol = _step_fids(fp32_leaderboard, recipe)
+    steps = []
+    for step in sorted(set(bf16_fids) & set(fp32_fids)):
+        seeds = list(fp32_fids[step].values())
+        mean, std = statistics.fmean(seeds), statistics.stdev(seeds) if len(seeds) > 1 else float("nan")
+        steps.append(
+            {
+                "step": step,
+                "bf16_fid": bf16_fids[step][0],
+                "fp32_fid_seeds": fp32_fids[step],
+                "fp32_fid_mean": mean,
+                "fp32_fid_std": std,
+                "z": (bf16_fids[step][0] - mean) / std if std > 0 else None,
+            }
+        )
+    fp32_late_means = [statistics.fmean(late) for late, _ in fp32]
+    result = {
+        "recipe": recipe,
+        "bf16_run": str(bf16_run),
+        "fp32_runs": [str(run) for run in fp32_runs],
+        "bf16_command": next(
+            line.strip()
+            for line in (bf16_run / "final" / "README.md").read_text().splitlines()
+            if line.strip().startswith("zoo train")
+        ),
+        "late_loss": {
+            "what": "mean logged loss over the last 500 of 2,000 steps (one batch every 50 steps)",
+            "bf16": statistics.fmean(bf16_late),
+            "fp32_seeds": fp32_late_means,
+            "fp32_mean": statistics.fmean(fp32_late_means),
+            "fp32_std": statistics.stdev(fp32_late_means) if len(fp32_late_means) > 1 else None,
+        },
+        "samples_per_s": {"bf16": bf16_speed, "fp32": [speed for _, speed in fp32]},
+        "fid_by_step": steps,
+        "protocol": protocol,
+        "protocols_equal": {k: v for k, v in protocol.items() if k != "git_commit"}
+        == {k: v for k, v in fp32_protocol.items() if k != "git_commit"},
+    }
+    path = RESULTS_DIR / f"{NAME}.json"
+    payload = json.loads(path.read_text()) if path.is_file() else {"benchmark": NAME}
+    payload["bf16_quality"] = result
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -431,8 +695,20 @@ if __name__ == "__main__":
         "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
     )
     parser.add_argument("--digits-run", default=None, help="record a finished digits run folder instead")
+    parser.add_argument(
+        "--bf16-quality",
+        nargs=4,
+        metavar=("BF16_RUN", "FP32_RUNS", "BF16_LEADERBOARD", "FP32_LEADERBOARD"),
+        default=None,
+        help="record a bf16 run against fp32 runs (FP32_RUNS comma-separated) from their leaderboard JSONs",
+    )
     arguments = parser.parse_args()
-    if arguments.digits_run:
+    if arguments.bf16_quality:
+        bf16_run, fp32_runs, bf16_board, fp32_board = arguments.bf16_quality
+        record_bf16_quality(
+            Path(bf16_run), [Path(r) for r in fp32_runs.split(",")], Path(bf16_board), Path(fp32_board)
+        )
+    elif arguments.digits_run:
         record_digits_run(arguments.digits_run)
     else:
         run(quick=arguments.quick, sections=[name for name in arguments.sections.split(",") if name])
