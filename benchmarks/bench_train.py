@@ -12,6 +12,9 @@ Sections (`--sections`, default all; a subset replaces only its own entries of t
   peak (the best 2048^3 fp32 `torch.mm`): useful FLOPs (the step's GEMMs from the profiled shapes +
   attention) per CPU second, the GEMMs' own rate at the step's shapes, and where the rest of the step's
   self time goes (attention, GELU, LayerNorm, copies, AdamW, other elementwise).
+* `adamw` -- the Trainer's fused CPU AdamW against torch's CPU default (a Python loop over the
+  tensors): dit_t `Trainer.train_step` on digits with each, and DiT-S/2's optimizer step alone, with
+  the largest parameter difference between the two after equal steps.
 * `compile_gram` -- whether a compiled net keeps the Gram balancers exact: the Gram matrix and the
   update of a compiled dit_t against the eager one (fp32), and a held step of Nash-MTL (no capture:
   the compiled forward runs) against the eager net's.
@@ -50,7 +53,7 @@ from zoo.data import load_dataset
 from zoo.train import TrainConfig, Trainer
 
 NAME = "train"
-SECTIONS = ("trainer", "dit_s", "peak", "compile_gram", "ddpm")
+SECTIONS = ("trainer", "dit_s", "peak", "adamw", "compile_gram", "ddpm")
 
 
 def _trainer(model: str, batch: int, out: str, device: str, **changes: Any) -> Trainer:
@@ -108,6 +111,8 @@ def run(quick: bool = False, sections: list[str] | None = None) -> dict[str, Any
             extra["dit_s_step"] = _dit_s_step(quick)
         elif section == "peak":
             extra["gemm_peak"] = _gemm_peak(quick)
+        elif section == "adamw":
+            extra["adamw"] = _adamw_kernels(quick)
         elif section == "compile_gram":
             extra["compile_gram_exactness"] = _compile_gram_check()
         else:
@@ -131,6 +136,8 @@ def run(quick: bool = False, sections: list[str] | None = None) -> dict[str, Any
             "GFLOP/s;",
             extra["gemm_peak"]["eager_profile"],
         )
+    if "adamw" in sections and "adamw" in extra:
+        print(format_table(extra["adamw"]["rows"]))
     if "compile_gram" in sections and "compile_gram_exactness" in extra:
         print("compile + Gram hooks:", extra["compile_gram_exactness"])
     if "ddpm" in sections and "ddpm_overhead" in extra:
@@ -397,6 +404,84 @@ def _gemm_peak(quick: bool) -> dict[str, Any]:
         "note": "CPU time of one thread; useful FLOPs = the GEMMs the eager step runs (from the "
         "profiler's shapes) + attention's QK^T and PV (backward counted 2x forward); peak = the best "
         "fp32 n^3 torch.mm of this thread",
+    }
+
+
+def _adamw_kernels(quick: bool) -> dict[str, Any]:
+    """The Trainer's fused CPU AdamW against torch's CPU default (a for-loop over tensors): a digits
+    `Trainer.train_step` of dit_t with each, interleaved, and DiT-S/2's optimizer step alone with the
+    largest parameter difference after a few steps from equal states and gradients."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = load_dataset("digits")
+        generator = torch.Generator().manual_seed(0)
+        index = torch.randint(len(data), (64,), generator=generator)
+        x0, y = data.images[index], data.labels[index]
+        with tempfile.TemporaryDirectory() as out:
+            fused = _trainer("dit_t", 64, out, "cpu")
+            loop = _trainer("dit_t", 64, out, "cpu")
+            groups = [  # the same groups, without the kernel choice they were made with
+                {k: v for k, v in g.items() if k not in ("fused", "foreach")}
+                for g in loop.optimizer.param_groups
+            ]
+            loop.optimizer = torch.optim.AdamW(groups, fused=False, foreach=False)
+            steps = 3 if quick else 10
+            calls = {
+                name: (lambda t=trainer: [t.train_step(x0, y) for _ in range(steps)])
+                for name, trainer in (("fused AdamW", fused), ("for-loop AdamW", loop))
+            }
+            trainer_timings = interleaved_timings(
+                calls, repeats=3 if quick else 7, warmup=1, clock=time.process_time
+            )
+        config, _ = _dit_s_inputs(16 if quick else 32)
+        torch.manual_seed(0)
+        net = DiT(**config, in_channels=4, num_classes=1000, learn_sigma=True)
+        grads = [torch.randn_like(p) for p in net.parameters()]
+        copies = {name: [p.detach().clone() for p in net.parameters()] for name in ("fused", "loop")}
+        optimizers = {
+            "fused": torch.optim.AdamW(copies["fused"], lr=1e-3, weight_decay=0.01, fused=True),
+            "loop": torch.optim.AdamW(copies["loop"], lr=1e-3, weight_decay=0.01, foreach=False),
+        }
+
+        def stepper(name: str) -> Any:
+            def step() -> None:
+                for p, g in zip(copies[name], grads):
+                    p.grad = g
+                optimizers[name].step()
+
+            return step
+
+        optimizer_timings = interleaved_timings(
+            {name: stepper(name) for name in optimizers},
+            repeats=3 if quick else 7,
+            warmup=1,
+            clock=time.process_time,
+        )
+        difference = max((a - b).abs().max().item() for a, b in zip(copies["fused"], copies["loop"]))
+    finally:
+        torch.set_num_threads(threads)
+    rows = []
+    for what, timings, base in (
+        ("dit_t Trainer.train_step (digits, batch 64)", trainer_timings, "for-loop AdamW"),
+        ("DiT-S/2 optimizer step alone (33M parameters)", optimizer_timings, "loop"),
+    ):
+        for name, timing in timings.items():
+            rows.append(
+                {
+                    "what": what,
+                    "candidate": name,
+                    "cpu_s": timing["median"] / (steps if what.startswith("dit_t") else 1),
+                    "time_x_default": timing["median"] / timings[base]["median"],
+                    "per_round": _ratio_spread(timing["samples"], timings[base]["samples"]),
+                }
+            )
+    return {
+        "rows": rows,
+        "dit_s_max_abs_param_difference": difference,
+        "dit_s_steps_compared": 4 if quick else 8,  # the warm-up round and the timed ones
+        "note": "CPU time, one thread; cpu_s per step; the parameter difference after the warm-up and "
+        "timed steps from equal parameters and gradients",
     }
 
 

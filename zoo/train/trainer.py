@@ -307,8 +307,12 @@ class Trainer:
         self.params = [p for p in self.model.net.parameters() if p.requires_grad]
         grouped = {id(p) for group in balancer_groups for p in group["params"]}
         self.all_params = self.params + [p for p in self.model.balancer.parameters() if id(p) in grouped]
+        # CPU: torch's fused AdamW kernel (one pass over each tensor; the default there is a Python loop
+        # of ~10 ops per tensor): 3-6x faster optimizer steps, equal up to rounding (benchmarks/NOTES.md
+        # row 21). Sharded (FSDP) parameters and other devices keep torch's default.
+        fused = {"fused": True} if self.device.type == "cpu" and not self.fsdp else {}
         self.optimizer = torch.optim.AdamW(
-            [{"params": self.params}, *balancer_groups], lr=self.lr, weight_decay=config.weight_decay
+            [{"params": self.params}, *balancer_groups], lr=self.lr, weight_decay=config.weight_decay, **fused
         )
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]  # scaled by lr_factor
         self.autocast_dtype = PRECISIONS[config.precision]
