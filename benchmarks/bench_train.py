@@ -673,8 +673,7 @@ def record_digits_run(run_dir: str | Path) -> dict[str, Any]:
     grid = RESULTS_DIR / "train_digits_samples.png"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "final" / "samples.png", grid)
-    card_lines = (run_dir / "final" / "README.md").read_text().splitlines()
-    command = next(line for line in card_lines if line.strip().startswith("zoo train"))
+    command = _train_command(run_dir)
     summary = {
         "command": command.strip(),
         "steps": last["step"],
@@ -684,12 +683,23 @@ def record_digits_run(run_dir: str | Path) -> dict[str, Any]:
         "final_cluster_losses": last["cluster_losses"],
         "sample_grid": str(grid.relative_to(RESULTS_DIR.parent.parent)),
     }
+    return _record("digits_run", summary)
+
+
+def _record(key: str, value: dict[str, Any]) -> dict[str, Any]:
+    """Store one entry of train.json (the others kept), print it and return it."""
     path = RESULTS_DIR / f"{NAME}.json"
     payload = json.loads(path.read_text()) if path.is_file() else {"benchmark": NAME}
-    payload["digits_run"] = summary
+    payload[key] = value
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
-    return summary
+    print(json.dumps(value, indent=2))
+    return value
+
+
+def _train_command(run_dir: Path) -> str:
+    """The `zoo train ...` command a finished run's card records."""
+    lines = (run_dir / "final" / "README.md").read_text().splitlines()
+    return next(line.strip() for line in lines if line.strip().startswith("zoo train"))
 
 
 def _late_losses(run_dir: Path, last_steps: int = 500) -> tuple[list[float], float]:
@@ -745,11 +755,7 @@ def record_bf16_quality(
         "recipe": recipe,
         "bf16_run": str(bf16_run),
         "fp32_runs": [str(run) for run in fp32_runs],
-        "bf16_command": next(
-            line.strip()
-            for line in (bf16_run / "final" / "README.md").read_text().splitlines()
-            if line.strip().startswith("zoo train")
-        ),
+        "bf16_command": _train_command(bf16_run),
         "late_loss": {
             "what": "mean logged loss over the last 500 of 2,000 steps (one batch every 50 steps)",
             "bf16": statistics.fmean(bf16_late),
@@ -763,12 +769,7 @@ def record_bf16_quality(
         "protocols_equal": {k: v for k, v in protocol.items() if k != "git_commit"}
         == {k: v for k, v in fp32_protocol.items() if k != "git_commit"},
     }
-    path = RESULTS_DIR / f"{NAME}.json"
-    payload = json.loads(path.read_text()) if path.is_file() else {"benchmark": NAME}
-    payload["bf16_quality"] = result
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return _record("bf16_quality", result)
 
 
 if __name__ == "__main__":
