@@ -3,8 +3,9 @@
     python scripts/write_replication.py           # rewrite the blocks in place
     python scripts/write_replication.py --check   # exit 1 (and name the blocks) if a block is stale
 
-Every number in the tables comes from `benchmarks/results/leaderboard_digits.json` (and, for the solver
-rows, `benchmarks/results/solvers.json`); the prose around them is written by hand and quotes them. A
+Every number in the tables comes from `benchmarks/results/leaderboard_digits.json` (for the solver
+rows, `benchmarks/results/solvers.json`; for the converged-protocol rows,
+`benchmarks/results/leaderboard_converged/leaderboard_digits.json`); the prose around them is written by hand and quotes them. A
 block is the text between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->`; tests/test_replication.py
 runs `--check`, so the tables cannot drift from the JSON.
 """
@@ -182,9 +183,45 @@ def solvers_table(solvers: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def protocols_table(fast: dict[str, Any], converged: dict[str, Any]) -> str:
+    """Each recipe's FID (mean ± std over its seeds, last step) under the two protocols, with its rank.
+
+    The two leaderboards' seeds are separate training runs (the converged one retrained them), so the
+    columns do not pair: the table shows how FID and the order move with the protocol."""
+    summaries = {}
+    for name, payload in (("fast", fast), ("converged", converged)):
+        summaries[name] = {row["recipe"]: row for row in payload["seed_summary"]}
+    recipes = [r for r in summaries["converged"] if r in summaries["fast"]]
+    fid = "fid_classifier"
+    rank = {
+        name: {r: i + 1 for i, r in enumerate(sorted(recipes, key=lambda r: table[r][f"{fid}_mean"]))}
+        for name, table in summaries.items()
+    }
+    protocols = {
+        name: _protocol(payload["curves"]) for name, payload in (("fast", fast), ("converged", converged))
+    }
+    lines = _header(
+        "recipe",
+        f"FID at {protocols['fast'].get('ddpm', '?')}",
+        "rank",
+        f"FID at {protocols['converged'].get('ddpm', '?')}",
+        "rank",
+    )
+    for recipe in sorted(recipes, key=lambda r: rank["converged"][r]):
+        cells = [
+            _ms(summaries[name][recipe][f"{fid}_mean"], summaries[name][recipe][f"{fid}_std"], 2)
+            for name in ("fast", "converged")
+        ]
+        lines.append(
+            f"| {recipe} | {cells[0]} | {rank['fast'][recipe]} | {cells[1]} | {rank['converged'][recipe]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def render_blocks() -> dict[str, str]:
     payload = json.loads((RESULTS / "leaderboard_digits.json").read_text())
     solvers = json.loads((RESULTS / "solvers.json").read_text())
+    converged = json.loads((RESULTS / "leaderboard_converged" / "leaderboard_digits.json").read_text())
     return {
         "seeds": seeds_table(payload),
         "comparisons": comparisons_table(payload),
@@ -192,6 +229,9 @@ def render_blocks() -> dict[str, str]:
         "steps": steps_table(payload),
         "shipped": shipped_table(payload),
         "solvers": solvers_table(solvers),
+        "converged_seeds": seeds_table(converged),
+        "converged_comparisons": comparisons_table(converged),
+        "protocols": protocols_table(payload, converged),
     }
 
 
