@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 from zoo.models import DiT
 
-from benchmarks.common import interleaved_timings, peak_memory_bytes, report
+from benchmarks.common import interleaved_timings, peak_memory_bytes, report, round_ratios
 from zoo import mtl
 
 K = 5
@@ -267,7 +266,7 @@ def _run(
         for label in [label for label in ROWS if label in median]:
             time_ratio = median[label] / median["linear"]
             per_round = (
-                sorted(a / b for a, b in zip(timings[label]["samples"], timings["linear"]["samples"]))
+                round_ratios(timings[label]["samples"], timings["linear"]["samples"])
                 if label in timings
                 else None
             )
@@ -287,7 +286,7 @@ def _run(
                     # the ratio to linear in each round (the two timed in one round): median, min, max
                     "time_x_rounds": ""
                     if per_round is None
-                    else [statistics.median(per_round), per_round[0], per_round[-1]],
+                    else [per_round["median"], per_round["min"], per_round["max"]],
                     "time_target": time_target or "",
                     "peak_MiB": memory[label] / 2**20,
                     "memory_x": memory_ratio,

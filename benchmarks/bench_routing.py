@@ -8,7 +8,6 @@ ratio (target <= 1.02) and the checkpoint-size ratio (exactly 1: tables are neve
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,7 @@ from torch import nn
 from zoo.models import DiT
 from zoo.models.adm import ADMUNet
 
-from benchmarks.common import interleaved_timings, peak_memory_bytes, report
+from benchmarks.common import interleaved_timings, peak_memory_bytes, report, round_ratios
 from zoo import routing
 
 TIME_TARGET = 1.03
@@ -104,7 +103,10 @@ def _compare(name: str, case: dict[str, Any], batch: int, repeats: int) -> dict[
         # The fastest repeat is the least disturbed by other processes on a shared machine.
         "time_ratio_min": timings["dtr"]["min"] / timings["plain"]["min"],
         # dtr / plain of each round (the two were timed back to back): its spread
-        **_round_ratios(timings["dtr"]["samples"], timings["plain"]["samples"]),
+        **{
+            f"time_ratio_rounds_{key}": value
+            for key, value in round_ratios(timings["dtr"]["samples"], timings["plain"]["samples"]).items()
+        },
         "plain_iqr_ms": 1e3 * timings["plain"]["iqr"],
         "dtr_iqr_ms": 1e3 * timings["dtr"]["iqr"],
         "peak_mem_plain_mb": memory["plain"] / 2**20,
@@ -115,15 +117,6 @@ def _compare(name: str, case: dict[str, Any], batch: int, repeats: int) -> dict[
         "meets_targets": time_ratio <= TIME_TARGET
         and memory_ratio <= MEMORY_TARGET
         and checkpoint["dtr"] == checkpoint["plain"],
-    }
-
-
-def _round_ratios(routed: list[float], plain: list[float]) -> dict[str, float]:
-    ratios = sorted(r / p for r, p in zip(routed, plain))
-    return {
-        "time_ratio_rounds_median": statistics.median(ratios),
-        "time_ratio_rounds_min": ratios[0],
-        "time_ratio_rounds_max": ratios[-1],
     }
 
 

@@ -47,7 +47,14 @@ import torch
 from zoo.models import DiT
 from zoo.mtl.gram import GramCapture
 
-from benchmarks.common import RESULTS_DIR, format_table, interleaved_timings, peak_memory_bytes, report
+from benchmarks.common import (
+    RESULTS_DIR,
+    format_table,
+    interleaved_timings,
+    peak_memory_bytes,
+    report,
+    round_ratios,
+)
 from zoo import mtl
 from zoo.data import load_dataset
 from zoo.train import TrainConfig, Trainer
@@ -238,7 +245,7 @@ def _dit_s_step(quick: bool) -> list[dict[str, Any]]:
             "cpu_s_min": timing["min"],
             "cpu_s_max": timing["max"],
             "time_x_fp32": timing["median"] / base,
-            "time_x_fp32_per_round": _ratio_spread(timing["samples"], timings["dit_s fp32"]["samples"]),
+            "time_x_fp32_per_round": round_ratios(timing["samples"], timings["dit_s fp32"]["samples"]),
             "first_step_loss": first[name],
         }
         for name, timing in timings.items()
@@ -384,7 +391,7 @@ def _gemm_peak(quick: bool) -> dict[str, Any]:
                 "useful_GFLOPs": useful / seconds / 1e9,
                 "pct_of_gemm_peak": 100 * useful / seconds / 1e9 / peak,
                 "time_x_eager": seconds / timings["eager"]["median"],
-                "time_x_eager_per_round": _ratio_spread(timing["samples"], timings["eager"]["samples"]),
+                "time_x_eager_per_round": round_ratios(timing["samples"], timings["eager"]["samples"]),
             }
         )
     return {
@@ -473,7 +480,7 @@ def _adamw_kernels(quick: bool) -> dict[str, Any]:
                     "candidate": name,
                     "cpu_s": timing["median"] / (steps if what.startswith("dit_t") else 1),
                     "time_x_default": timing["median"] / timings[base]["median"],
-                    "per_round": _ratio_spread(timing["samples"], timings[base]["samples"]),
+                    "per_round": round_ratios(timing["samples"], timings[base]["samples"]),
                 }
             )
     return {
@@ -483,12 +490,6 @@ def _adamw_kernels(quick: bool) -> dict[str, Any]:
         "note": "CPU time, one thread; cpu_s per step; the parameter difference after the warm-up and "
         "timed steps from equal parameters and gradients",
     }
-
-
-def _ratio_spread(values: list[float], base: list[float]) -> dict[str, float]:
-    """Median, min and max over the rounds of values[i] / base[i] (the two were timed in one round)."""
-    ratios = sorted(v / b for v, b in zip(values, base))
-    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1]}
 
 
 def _compile_gram_check() -> dict[str, Any]:
@@ -651,7 +652,7 @@ def _ddpm_overhead(quick: bool) -> dict[str, Any]:
             "cpu_s_per_step_min": timing["min"] / steps,
             "cpu_s_per_step_max": timing["max"] / steps,
             "time_x_hand": timing["median"] / base["median"],
-            "time_x_hand_per_round": _ratio_spread(timing["samples"], base["samples"]),
+            "time_x_hand_per_round": round_ratios(timing["samples"], base["samples"]),
             "adds": adds[name],
         }
         for name, timing in timings.items()

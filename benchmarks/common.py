@@ -92,6 +92,13 @@ def side_by_side(
     }
 
 
+def round_ratios(values: Sequence[float], base: Sequence[float]) -> dict[str, float]:
+    """Median, min and max over the rounds of values[i] / base[i] (the two were timed in one round of
+    `interleaved_timings`, so machine noise of that round hits both)."""
+    ratios = sorted(v / b for v, b in zip(values, base))
+    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1]}
+
+
 def summarize(values: Sequence[float]) -> dict[str, float]:
     """Median and spread of repeated measurements."""
     ordered = sorted(values)

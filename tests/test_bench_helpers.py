@@ -94,3 +94,11 @@ def test_bf16_quality_record(tmp_path, monkeypatch):
     assert row["z"] == pytest.approx((7.0 - 5.0) / statistics.stdev([4.0, 5.0, 6.0]))
     assert result["protocols_equal"] and result["bf16_command"] == "zoo train dit_t --precision bf16"
     assert json.loads((tmp_path / "train.json").read_text())["bf16_quality"]["recipe"] == "dit_t"
+
+
+def test_round_ratios_pair_the_rounds():
+    """Ratios are taken round by round (sample i of each candidate), not of the sorted samples."""
+    from benchmarks.common import round_ratios
+
+    assert round_ratios([2.0, 3.0, 4.0], [1.0, 1.0, 2.0]) == {"median": 2.0, "min": 2.0, "max": 3.0}
+    assert round_ratios([1.0, 4.0], [4.0, 1.0]) == {"median": 2.125, "min": 0.25, "max": 4.0}
