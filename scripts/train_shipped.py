@@ -5,6 +5,10 @@
     python scripts/train_shipped.py --data mnist --seeds 0   # MNIST (28x28): the same recipes on dit_t_p4
     python scripts/train_shipped.py --out runs/rerun --recipes dit_t_dtr --seeds 1   # one part, shipped files untouched
     python scripts/train_shipped.py --recipes sit_t sit_t_dtr sit_t_nash_k5 sit_t_minsnr   # the flow process
+    python scripts/train_shipped.py --data mnist --recipes sit_t_p4 --steps 16000 --out runs/ladder   # another budget
+
+A run that was interrupted (checkpoints, no final model) continues from its newest checkpoint when the
+same command is given again (`zoo train --resume`, which reproduces the uninterrupted run bit for bit).
 
 On MNIST the recipes use the patch-4 tiny backbone (`dit_t_p4`: 49 tokens per 28x28 image) so that the
 eleven runs fit a CPU budget; the recipe names are the digits names with `dit_t` -> `dit_t_p4`.
@@ -40,6 +44,7 @@ from safetensors.torch import load_file
 from zoo.config import config_from_name
 from zoo.eval.leaderboard import write_shipped_cards
 from zoo.layout import save_safetensors, sha256_of
+from zoo.train.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED = ROOT / "zoo" / "pretrained"
@@ -93,10 +98,11 @@ def process_of(recipe: str) -> str:
     return config_from_name(recipe)["diffusion"].get("process", "ddpm")
 
 
-def train_flags(data: str, recipe: str = "dit_t") -> list[str]:
+def train_flags(data: str, recipe: str = "dit_t", steps: int | None = None) -> list[str]:
     """Identical for every recipe of a data set (the compute budget of the comparison) but for the
-    solver of the sample grids, which must be one of the recipe's process."""
-    steps = DATA[data]["steps"]
+    solver of the sample grids, which must be one of the recipe's process. `steps`: another budget than
+    the data set's (`--steps`, e.g. the MNIST ladder's), the same for every recipe of the command."""
+    steps = steps or DATA[data]["steps"]
     return [
         "--data",
         data,
@@ -130,12 +136,14 @@ def recipe_names(data: str) -> list[str]:
     return [backbone + recipe[len("dit_t") :] for recipe in DATA[data]["recipes"]]
 
 
-def train_command(recipe: str, seed: int, data: str = "digits", runs: Path | None = None) -> list[str]:
+def train_command(
+    recipe: str, seed: int, data: str = "digits", runs: Path | None = None, steps: int | None = None
+) -> list[str]:
     return [
         "zoo",
         "train",
         recipe,
-        *train_flags(data, recipe),
+        *train_flags(data, recipe, steps),
         "--seed",
         str(seed),
         "--out",
@@ -153,15 +161,28 @@ def run(command: list[str], threads: int) -> None:
     subprocess.run(executable, cwd=ROOT, env=env, check=True)
 
 
-def train(recipe: str, seed: int, threads: int, data: str = "digits", runs: Path | None = None) -> None:
-    final = ROOT / (runs or DATA[data]["runs"]) / recipe / f"seed{seed}" / "final"
-    if final.is_dir():
-        print(f"{recipe} seed {seed}: done already ({final})", flush=True)
+def train(
+    recipe: str,
+    seed: int,
+    threads: int,
+    data: str = "digits",
+    runs: Path | None = None,
+    steps: int | None = None,
+) -> None:
+    """Train one run; a finished one is skipped and an interrupted one (checkpoints, no final model)
+    continues from its newest checkpoint (`zoo train --resume`: bit for bit the uninterrupted run)."""
+    folder = ROOT / (runs or DATA[data]["runs"]) / recipe / f"seed{seed}"
+    if (folder / "final").is_dir():
+        print(f"{recipe} seed {seed}: done already ({folder / 'final'})", flush=True)
         return
-    run(train_command(recipe, seed, data, runs), threads)
+    command = train_command(recipe, seed, data, runs, steps)
+    if list_checkpoints(folder):
+        print(f"{recipe} seed {seed}: interrupted earlier; resuming from its newest checkpoint", flush=True)
+        command.append("--resume")
+    run(command, threads)
 
 
-def ship(recipe: str, data: str = "digits", runs: Path | None = None) -> dict:
+def ship(recipe: str, data: str = "digits", runs: Path | None = None, steps: int | None = None) -> dict:
     """Copy seed 0's EMA model into the package and return its manifest entry."""
     tag = DATA[data]["tag"]
     source = ROOT / (runs or DATA[data]["runs"]) / recipe / "seed0" / "final"
@@ -177,10 +198,10 @@ def ship(recipe: str, data: str = "digits", runs: Path | None = None) -> dict:
         "tag": tag,
         "file": target.name,
         "sha256": sha256_of(target / "model.safetensors"),
-        "command": shlex.join(train_command(recipe, 0, data, runs)),
+        "command": shlex.join(train_command(recipe, 0, data, runs, steps)),
         "recipe": {
             "data": DATA[data]["split"],
-            "steps": DATA[data]["steps"],
+            "steps": steps or DATA[data]["steps"],
             "batch": BATCH,
             "lr": LR,
             "ema": EMA,
@@ -200,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps of every recipe of this command (default: the data set's budget, "
+        + ", ".join(f"{name} {entry['steps']}" for name, entry in DATA.items())
+        + ")",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -240,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     jobs = [(recipe, seed) for seed in args.seeds for recipe in recipes]  # seed 0 of every recipe first
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(train, recipe, seed, 1, args.data, args.out) for recipe, seed in jobs]
+        futures = [
+            pool.submit(train, recipe, seed, 1, args.data, args.out, args.steps) for recipe, seed in jobs
+        ]
         for future in futures:
             future.result()
     shipped = 0 in args.seeds and ship_models
@@ -251,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest_path = PRETRAINED / "shipped.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         for recipe in recipes:
-            manifest[f"{recipe}.{DATA[args.data]['tag']}"] = ship(recipe, args.data, args.out)
+            manifest[f"{recipe}.{DATA[args.data]['tag']}"] = ship(recipe, args.data, args.out, args.steps)
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
         write_shipped_cards([f"{recipe}.{DATA[args.data]['tag']}" for recipe in recipes])

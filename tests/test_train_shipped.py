@@ -55,3 +55,21 @@ def test_an_unknown_recipe_fails_before_any_training(tmp_path, monkeypatch):
     monkeypatch.setattr(train_shipped, "run", lambda *a: pytest.fail("nothing may run"))
     with pytest.raises(KeyError, match="nosuch"):  # the registries' UnknownNameError
         train_shipped.main(["--out", str(tmp_path), "--recipes", "dit_t_nosuch", "--seeds", "0"])
+
+
+def test_steps_sets_every_recipes_budget_and_an_interrupted_run_resumes(tmp_path, monkeypatch):
+    command = train_shipped.train_command("sit_t_p4", 0, "mnist", tmp_path, steps=16000)
+    assert flag(command, "--steps") == "16000" and flag(command, "--ckpt-every") == "1000"
+    assert flag(train_shipped.train_command("sit_t_p4", 0, "mnist"), "--steps") == "8000"  # the default
+    calls = []
+    monkeypatch.setattr(train_shipped, "run", lambda command, threads: calls.append(command))
+    argv = ["--data", "mnist", "--out", str(tmp_path), "--recipes", "sit_t_p4", "--seeds", "0", "--jobs", "1"]
+    assert train_shipped.main([*argv, "--steps", "16000"]) == 0
+    assert flag(calls[-1], "--steps") == "16000" and "--resume" not in calls[-1]  # a fresh run
+    checkpoints = tmp_path / "sit_t_p4" / "seed0" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "step-00003000.pt").write_bytes(b"")
+    assert train_shipped.main([*argv, "--steps", "16000"]) == 0
+    assert calls[-1][-1] == "--resume" and flag(calls[-1], "--steps") == "16000"  # continues it
+    (tmp_path / "sit_t_p4" / "seed0" / "final").mkdir()
+    assert train_shipped.main([*argv, "--steps", "16000"]) == 0 and len(calls) == 2  # done: not rerun
