@@ -16,6 +16,7 @@ from zoo.eval import html, leaderboard, record
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 DIGITS_JSON = RESULTS / "leaderboard_digits.json"
+FAST_JSON = RESULTS / "leaderboard_ddim25" / "leaderboard_digits.json"  # the earlier board
 SMALL = dict(input_size=8, in_channels=1, num_classes=10)
 
 
@@ -65,21 +66,23 @@ def table(settings) -> dict[str, tuple[str, int]]:
 
 
 def test_solver_flags_one_per_process_with_defaults_and_the_old_single_form():
-    assert table(parse()) == {"ddpm": ("ddim", 25), "flow": ("heun", 12)}
+    assert table(parse()) == {"ddpm": ("ddim", 50), "flow": ("euler", 50)}
     assert table(parse("--solver", "ddim", "--solver", "heun:13")) == {
-        "ddpm": ("ddim", 25),
+        "ddpm": ("ddim", 50),
         "flow": ("heun", 13),
     }
     # the old single form: --steps moves every solver without its own :N, the defaults too
     assert table(parse("--solver", "dpm++2m", "--steps", "10")) == {
         "ddpm": ("dpm++2m", 10),
-        "flow": ("heun", 10),
+        "flow": ("euler", 10),
     }
     assert table(parse("--sampler", "euler", "--steps", "7", "--solver", "ddim:4")) == {
         "ddpm": ("ddim", 4),
         "flow": ("euler", 7),
     }
-    assert table(parse("--solver", "euler")) == {"ddpm": ("ddim", 25), "flow": ("euler", 25)}
+    assert table(parse("--solver", "euler")) == {"ddpm": ("ddim", 50), "flow": ("euler", 50)}
+    # a solver named without :N gets 50 NFE per image: Heun 25 steps (two net calls per step)
+    assert table(parse("--solver", "heun")) == {"ddpm": ("ddim", 50), "flow": ("heun", 25)}
     karras = parse("--solver", "dpm++2m:9", "--grid", "karras")
     assert karras.choice("ddpm").options == (("grid", "karras"),) and karras.choice("flow").options == ()
     with pytest.raises(ValueError, match="two solvers for the 'flow' process"):
@@ -101,13 +104,19 @@ def evaluator():
     return leaderboard.Evaluator(leaderboard.LeaderboardSettings(samples=20, batch=20, kid_subsets=3))
 
 
-def test_the_flow_default_costs_about_the_nfe_of_ddim_25(evaluator):
-    """Heun makes two net calls per step, the last included: 12 steps = 24 NFE, DDIM 25 steps = 25."""
-    model = tiny("sit_t")
-    _, _, cost = evaluator.draw(model)
-    assert (cost["solver"], cost["nfe"], cost["net_calls"]) == ("heun", 24, 24)
+def test_the_default_protocol_costs_50_nfe_in_both_processes(evaluator):
+    """Measured, not assumed: Euler 50 steps = 50 net calls, DDIM 50 steps = 50; Heun makes two net calls
+    per step, the last included (12 steps = 24 NFE)."""
+    _, _, cost = evaluator.draw(tiny("sit_t"))
+    assert (cost["solver"], cost["nfe"], cost["net_calls"]) == ("euler", 50, 50)
     _, _, cost = evaluator.draw(tiny("dit_t"))
-    assert (cost["solver"], cost["nfe"], cost["net_calls"]) == ("ddim", 25, 25)
+    assert (cost["solver"], cost["nfe"], cost["net_calls"]) == ("ddim", 50, 50)
+    heun = leaderboard.Evaluator(
+        leaderboard.LeaderboardSettings(samples=20, batch=20, kid_subsets=3, solvers=("heun:12",)),
+        like=evaluator,
+    )
+    _, _, cost = heun.draw(tiny("sit_t"))
+    assert (cost["solver"], cost["nfe"], cost["net_calls"]) == ("heun", 24, 24)
 
 
 def test_a_mixed_leaderboard_samples_each_model_with_its_process_solver(tmp_path, capsys):
@@ -243,20 +252,23 @@ def test_merge_keeps_equal_protocols_drops_changed_ones_and_replaces_reevaluated
         )
 
 
-def test_merge_keeps_the_committed_ddpm_rows_under_the_default_protocol():
-    """The committed digits JSON predates `process`, `solver` and `nfe`: they are derived from its
-    `sampler`; under the default protocol every row and curve is kept, under another every one is dropped."""
-    old = json.loads(DIGITS_JSON.read_text())
-    settings = leaderboard.LeaderboardSettings()
+def test_merge_keeps_the_committed_rows_under_their_own_protocol():
+    """The earlier digits board (DDIM 25 / Heun 12) predates `process`, `solver` and `nfe` on its DDPM rows:
+    they are derived from its `sampler`; under its protocol every row and curve is kept, under another DDPM
+    solver every DDPM one is dropped. The committed board is kept whole under the default protocol."""
+    old = json.loads(FAST_JSON.read_text())
+    fast = ("ddim:25", "heun:12")
+    settings = leaderboard.LeaderboardSettings(solvers=fast)
     evaluator = leaderboard.Evaluator(settings)
-    curves = leaderboard.Evaluator(leaderboard.LeaderboardSettings(samples=200), like=evaluator)
+    curves = leaderboard.Evaluator(leaderboard.LeaderboardSettings(samples=200, solvers=fast), like=evaluator)
     merged = leaderboard.merge_payload({"settings": {}, "results": []}, old, evaluator, curves, "x")
     assert merged["merged"]["dropped"] == []
     assert len(merged["results"]) == len(old["results"]) and len(merged["curves"]) == len(old["curves"])
     assert set(merged["merged"]["not_compared"]["ddpm"]) == {"eta", "label_scheme", "output_clamp"}
-    changed = leaderboard.Evaluator(leaderboard.LeaderboardSettings(solvers=("ddim:20",)), like=evaluator)
+    other = ("ddim:20", "heun:12")
+    changed = leaderboard.Evaluator(leaderboard.LeaderboardSettings(solvers=other), like=evaluator)
     changed_curves = leaderboard.Evaluator(
-        leaderboard.LeaderboardSettings(samples=200, solvers=("ddim:20",)), like=evaluator
+        leaderboard.LeaderboardSettings(samples=200, solvers=other), like=evaluator
     )
     dropped = leaderboard.merge_payload({"settings": {}, "results": []}, old, changed, changed_curves, "x")
     ddpm = [r for r in old["results"] if record.row_process(r) == "ddpm"]
@@ -266,6 +278,15 @@ def test_merge_keeps_the_committed_ddpm_rows_under_the_default_protocol():
     assert len(dropped["merged"]["dropped"]) == len(ddpm) + sum(
         record.row_process(c) == "ddpm" for c in old["curves"]
     )
+    current = json.loads(DIGITS_JSON.read_text())
+    default = leaderboard.Evaluator(leaderboard.LeaderboardSettings(), like=evaluator)
+    default_curves = leaderboard.Evaluator(leaderboard.LeaderboardSettings(samples=200), like=evaluator)
+    kept = leaderboard.merge_payload({"settings": {}, "results": []}, current, default, default_curves, "x")
+    assert kept["merged"]["dropped"] == [] and len(kept["results"]) == len(current["results"])
+    assert {record.row_process(r) for r in kept["results"]} == {"ddpm", "flow"}
+    assert len(kept["curves"]) == len(current["curves"])
+    dropped = leaderboard.merge_payload({"settings": {}, "results": []}, current, evaluator, curves, "x")
+    assert dropped["results"] == [] and dropped.get("curves", []) == []  # every row is of 50 NFE
 
 
 def _curve(recipe: str, seed: int, fid: float, process: str | None) -> dict:

@@ -104,9 +104,16 @@ def test_page_is_self_contained_and_states_the_statistics(digits_page):
     assert all(
         src.startswith("data:image/png;base64,") for src in re.findall(r'<img[^>]* src="([^"]+)"', text)
     )
-    # a claim is no stronger than its test: FAMO is worse (p < 0.05, > 1 std); Nash-MTL's FID is not better
+    # a claim is no stronger than its test: FAMO is worse (p < 0.05, > 1 std); Nash-MTL's FID is not
+    # better, its class accuracy is; each worded as the JSON's verdict says
+    verdicts = {(c["recipe"], c["metric"]): c for c in json.loads(DIGITS_JSON.read_text())["comparisons"]}
+    assert verdicts[("dit_t_famo_k5", "fid_classifier")]["verdict"] == "worse"
     assert "dit_t_famo_k5 is worse than dit_t (fid_classifier" in text
-    assert "dit_t_nash_k5 vs dit_t: no clear difference (p = 0.06;" in text
+    nash = verdicts[("dit_t_nash_k5", "fid_classifier")]
+    assert nash["verdict"] == "no clear difference" and nash["paired_p"] > 0.05
+    assert re.search(r"dit_t_nash_k5 vs dit_t: no clear difference \(p = 0\.\d+; fid_classifier", text)
+    assert verdicts[("dit_t_nash_k5", "class_accuracy")]["verdict"] == "better"
+    assert "dit_t_nash_k5 is better than dit_t (class_accuracy" in text
     assert "nan" not in _shown(text)
     # card links are relative and point at the shipped cards
     links = re.findall(r'<a href="([^"]+)"', text)

@@ -25,7 +25,8 @@ def test_a_changed_number_is_caught_and_every_block_is_required():
     text = write_replication.DOCUMENT.read_text()
     seeds = blocks["seeds"]
     line = next(row for row in seeds.splitlines() if row.startswith("| dit_t |"))
-    tampered = text.replace(line, line.replace("12.00", "11.00"), 1)
+    fid_cell = line.split(" | ")[3]  # recipe | process | seeds | FID | ...
+    tampered = text.replace(line, line.replace(fid_cell, "0.00 ± 0.00"), 1)
     assert tampered != text
     _, changed = write_replication.fill(tampered, blocks)
     assert changed == ["seeds"]
@@ -49,3 +50,25 @@ def test_the_tables_read_the_statistics_the_leaderboard_computed():
         list(write_replication.record.final_values(payload["curves"], "fid")["dit_t"].values()),
     )
     assert f"| {write_replication._p(welch)} |" in row
+
+
+def test_the_protocols_table_ranks_each_process_apart_and_names_its_solvers():
+    fast = write_replication.json.loads(
+        (write_replication.RESULTS / write_replication.FAST_BOARD / "leaderboard_digits.json").read_text()
+    )
+    converged = write_replication.json.loads(
+        (write_replication.RESULTS / "leaderboard_digits.json").read_text()
+    )
+    rows = [line.split(" | ") for line in write_replication.protocols_table(fast, converged).splitlines()[2:]]
+    by_process: dict[str, list[list[str]]] = {}
+    for row in rows:
+        by_process.setdefault(write_replication._process(row[0].lstrip("| ")), []).append(row)
+    assert set(by_process) == {"ddpm", "flow"}
+    for mine in by_process.values():
+        for column in (3, 6):  # the ranks under each protocol: 1..n within the process
+            assert sorted(int(r[column].rstrip(" |")) for r in mine) == list(range(1, len(mine) + 1))
+        converged_fids = [float(r[5].split(" ± ")[0]) for r in mine]
+        assert converged_fids == sorted(converged_fids)  # listed in the converged order
+    assert {r[1] for r in by_process["ddpm"]} == {"ddim, 25 steps (25 NFE)"}
+    assert {r[4] for r in by_process["ddpm"]} == {"ddim, 50 steps (50 NFE)"}
+    assert {r[4] for r in by_process["flow"]} == {"euler, 50 steps (50 NFE)"}

@@ -14,8 +14,8 @@ and samples each model with the solver of its process:
                      `--solver ddim --solver heun:13`. `--sampler` is the same flag.
     --steps N        the steps of every solver of the protocol that does not state its own `:N`, the
                      defaults included (so the old `--solver X --steps N` means what it meant for DDPM).
-    defaults         a process no `--solver` names keeps DEFAULT_SOLVERS: ddpm -> ddim:25, flow -> heun:12
-                     (about the same NFE per image: 25 and 24; see DEFAULT_SOLVERS).
+    defaults         a process no `--solver` names keeps DEFAULT_SOLVERS: ddpm -> ddim:50, flow -> euler:50
+                     (50 NFE per image each, where FID has stopped moving; see DEFAULT_SOLVERS).
 
 A model whose process has no solver in the protocol is an error before anything is sampled. Each row
 records its own process, solver, steps and measured NFE; the Markdown and the page state the protocol
@@ -76,17 +76,20 @@ from zoo.model import DiffusionModel
 DEFAULT_OUT = Path("leaderboard")
 METRIC_COLUMNS = ("fid", "kid", "precision", "recall", "inception_score", "class_accuracy")
 SUPPORTED_DATA = ("digits", "mnist")
-#: the protocol's solver of each process that no `--solver` names ("solver:steps"), chosen for about the
-#: same NFE per image. ddpm: DDIM with 25 steps, 25 NFE (the protocol the committed DDPM rows were made
-#: with). flow: Heun with 12 steps. Heun makes TWO net calls per step, the last step included
+#: the protocol's solver of each process that no `--solver` names ("solver:steps"): where FID has
+#: converged on the shipped digits models, at the same NFE per image for both processes. Measured in
+#: benchmarks/results/solvers.json (200 samples, sampling seed 0): DDIM 20 / 50 / 100 / 250 NFE gives
+#: FID 11.0 / 9.75 / 9.74 / 9.74 on dit_t.digits (10.6 / 10.05 / 10.03 / 10.03 on dit_t_dtr_nash_k5);
+#: Euler 20 / 50 / 250 NFE gives 5.90 / 5.80 / 5.78 on sit_t.digits (6.69 / 6.57 / 6.53 on
+#: sit_t_nash_k5), within 0.4 % and 0.6 % of Heun at 500 NFE. Ancestral DDPM has not converged at 250 steps, so it
+#: is no default. Euler makes one net call per step; Heun two, the last step included
 #: (zoo/diffusion/flow.py: predictor at t_i, trapezoid corrector at t_{i+1}; no final Euler step), so
-#: N steps cost 2N NFE per image (tests/test_leaderboard_flow.py measures it): 12 steps = 24 NFE, the
-#: nearest to DDIM's 25 without exceeding it. Heun, not Euler: the second-order solver SiT samples with.
-#: The solvers benchmark (benchmarks/bench_solvers.py) may move this choice.
-DEFAULT_SOLVERS: dict[str, str] = {"ddpm": "ddim:25", "flow": "heun:12"}
-#: steps of a solver named without `:N` when `--steps` is not given: about 25 NFE per image each
-DEFAULT_STEPS = 25
-SOLVER_DEFAULT_STEPS = {"heun": 12}  # two net calls per step
+#: Heun N steps cost 2N NFE per image (tests/test_leaderboard_flow.py measures both). The committed
+#: leaderboards made before this default (DDIM 25 / Heun 12, about 25 NFE) record their own protocol.
+DEFAULT_SOLVERS: dict[str, str] = {"ddpm": "ddim:50", "flow": "euler:50"}
+#: steps of a solver named without `:N` when `--steps` is not given: 50 NFE per image each
+DEFAULT_STEPS = 50
+SOLVER_DEFAULT_STEPS = {"heun": 25}  # two net calls per step
 
 
 class MissingSolverError(ValueError):
