@@ -1,7 +1,7 @@
 """Classifier-free guidance scale against the leaderboard's metrics of one shipped model.
 
     python scripts/guidance_scan.py                     # dit_t.digits at guidance 1.0, 1.5, 2.0
-    python scripts/guidance_scan.py --model sit_t --scales 1.0 1.5 --out /tmp/guidance.json
+    python scripts/guidance_scan.py --model sit_t --scales 1.0 1.5 --out guidance_sit_t.json
 
 Each scale is one `zoo leaderboard --models MODEL --cfg SCALE` evaluation under the leaderboard's default
 protocol (zoo.eval.leaderboard.LeaderboardSettings: solver, steps, samples, seed, features); every row
@@ -15,23 +15,26 @@ import argparse
 import json
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
-from zoo.eval import leaderboard
+from zoo.eval import leaderboard, record
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def scan(model: str, scales: list[float], data: str = "digits", **overrides) -> dict:
     """One leaderboard row per guidance scale, each with its protocol record; `overrides` are other
-    LeaderboardSettings fields (the tests' few samples and steps)."""
-    rows = []
+    LeaderboardSettings fields (the tests' few samples and steps). The classifier and the reference
+    features are loaded once and shared by every scale's evaluator; no grid is written."""
+    names = leaderboard.shipped_names(data, model)
+    if len(names) != 1:
+        raise FileNotFoundError(f"--model {model!r}: expected one shipped {data} model, found {names}")
+    rows, first = [], None
     for scale in scales:
         settings = leaderboard.LeaderboardSettings(data=data, models=model, cfg=scale, **overrides)
-        with tempfile.TemporaryDirectory() as out:  # the grids are not kept
-            payload = leaderboard.run_leaderboard(settings, out=Path(out))
-        (row,) = [r for r in payload["results"] if r["model"].split(".")[0] == model]
+        evaluator = leaderboard.Evaluator(settings, like=first)
+        first = first or evaluator
+        (row,) = [record.feature_named(r) for r in leaderboard.evaluate_shipped(evaluator, names, None)]
         command = f"zoo leaderboard --data {data} --models {model} --cfg {scale}"
         rows.append({"guidance": scale, "command": command, **row})
     protocol = rows[0]["protocol"]

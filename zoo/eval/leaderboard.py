@@ -81,8 +81,8 @@ SUPPORTED_DATA = ("digits", "mnist")
 #: benchmarks/results/solvers.json (200 samples, sampling seed 0): DDIM 20 / 50 / 100 / 250 NFE gives
 #: FID 11.0 / 9.75 / 9.74 / 9.74 on dit_t.digits (10.6 / 10.05 / 10.03 / 10.03 on dit_t_dtr_nash_k5);
 #: Euler 20 / 50 / 250 NFE gives 5.90 / 5.80 / 5.78 on sit_t.digits (6.69 / 6.57 / 6.53 on
-#: sit_t_nash_k5), within 0.4 % and 0.6 % of Heun at 500 NFE. Ancestral DDPM has not converged at 250 steps, so it
-#: is no default. Euler makes one net call per step; Heun two, the last step included
+#: sit_t_nash_k5), within 0.4 % and 0.6 % of Heun at 500 NFE. Ancestral DDPM has not converged at 250
+#: steps, so it is no default. Euler makes one net call per step; Heun two, the last step included
 #: (zoo/diffusion/flow.py: predictor at t_i, trapezoid corrector at t_{i+1}; no final Euler step), so
 #: Heun N steps cost 2N NFE per image (tests/test_leaderboard_flow.py measures both). The committed
 #: leaderboards made before this default (DDIM 25 / Heun 12, about 25 NFE) record their own protocol.
