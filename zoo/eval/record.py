@@ -41,9 +41,10 @@ CLASSIFIER_NAMES = {
 #: how Evaluator.samples assigns labels (zoo/eval/leaderboard.py)
 LABEL_SCHEME = "class-balanced: sample i is drawn for label i mod C (C = the model's classes)"
 #: metrics that are better when lower (the rest are better when higher)
-LOWER_IS_BETTER = {"fid", "kid"}
-#: the comparisons against plain training the leaderboard reports
-COMPARED_METRICS = ("fid", "class_accuracy")
+LOWER_IS_BETTER = {"fid", "kid", "fid_inception", "kid_inception"}
+#: the comparisons against plain training the leaderboard reports (fid_inception where the curves carry
+#: it: `zoo leaderboard --inception N`, at each run's last checkpoint)
+COMPARED_METRICS = ("fid", "class_accuracy", "fid_inception")
 #: protocol keys that differ per row by construction (never part of "the same protocol")
 PER_ROW_PROTOCOL = ("model", "weights_sha256", "training_step")
 #: where the code came from: provenance kept per row, not a setting (a merged leaderboard holds rows of
