@@ -1,6 +1,6 @@
-"""FID against NFE for the solvers of both processes on the shipped digits models, under the leaderboard
-protocol (zoo.eval.leaderboard.Evaluator: class-balanced labels, the digits classifier's features against
-digits:test, no guidance, seeded sampling): the Gaussian diffusion's ddpm, ddim, dpm++2m (uniform /
+"""FID against NFE for the solvers of both processes on the shipped digits (or, `--data mnist`, MNIST)
+models, under the leaderboard protocol (zoo.eval.leaderboard.Evaluator: class-balanced labels, the data
+set's classifier's features against its test split, no guidance, seeded sampling): the Gaussian diffusion's ddpm, ddim, dpm++2m (uniform /
 Karras grid) on dit_* models, flow matching's euler, heun and sde on sit_* models.
 
 Every cell is one (model, solver, NFE, sampling seed). The NFE of a cell is measured (model.sample's
@@ -14,10 +14,11 @@ odd NFE (5) and is left out there. The targets, judged on the mean over the samp
   default step count).
 
     python benchmarks/bench_solvers.py [--quick] [--models dit_t.digits,sit_t.digits,...] [--samples N]
-                                       [--seeds 0,1,2] [--resume]
+                                       [--seeds 0,1,2] [--resume] [--data mnist]
 
-writes benchmarks/results/solvers.json (rewritten after every cell, with the command and timings) and
-benchmarks/results/solvers_fid_vs_nfe.png (one panel per model; each solver its own colour and marker,
+`--models` also takes model folders (`local-dir:runs/ladder/sit_t_p4/seed0/final`). Writes
+benchmarks/results/solvers.json (MNIST: solvers_mnist.json; rewritten after every cell, with the command
+and timings) and benchmarks/results/solvers_fid_vs_nfe.png (solvers_mnist_fid_vs_nfe.png) (one panel per model; each solver its own colour and marker,
 flow solvers dashed). `--resume` keeps the cells already in the JSON (same sample count) and runs the
 missing ones only.
 """
@@ -72,6 +73,11 @@ TARGET_TEXT = {
 }
 TARGET = TARGETS["ddpm"]  # the DDPM target, as before
 DEFAULT_MODELS = ("dit_t.digits", "dit_t_dtr_nash_k5.digits", "sit_t.digits", "sit_t_nash_k5.digits")
+#: per data set: the default models and the stem of the files written (the digits' keep their old names)
+DATA = {
+    "digits": {"models": DEFAULT_MODELS, "stem": "solvers"},
+    "mnist": {"models": ("sit_t_p4.mnist", "sit_t_p4_nash_k5.mnist"), "stem": "solvers_mnist"},
+}
 #: the plot's colour and marker of each solver label (flow solvers also dashed)
 STYLES = {
     "ddpm": ("#1f77b4", "o"),
@@ -138,7 +144,7 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def plot(cells: list[dict[str, Any]], path: Path, samples: int) -> Path:
+def plot(cells: list[dict[str, Any]], path: Path, samples: int, data: str = "digits") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +187,7 @@ def plot(cells: list[dict[str, Any]], path: Path, samples: int) -> Path:
         axis.set_xticks(ticks)
         axis.set_xticklabels([str(n) for n in ticks])
         axis.set_xlabel("NFE per image (measured)")
-        axis.set_ylabel(f"FID (digits classifier features, {samples} samples)")
+        axis.set_ylabel(f"FID ({data} classifier features, {samples} samples)")
         axis.set_title(f"{model} ({process})")
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=8)
@@ -236,23 +242,28 @@ def run(
     out: Path = RESULTS_DIR,
     command: str | None = None,
     resume: bool = False,
+    data: str = "digits",
 ) -> dict[str, Any]:
-
-    models = list(models or (DEFAULT_MODELS[:1] if quick else DEFAULT_MODELS))
+    if data not in DATA:
+        raise ValueError(f"unknown data {data!r}; expected one of {sorted(DATA)}")
+    defaults = DATA[data]["models"]
+    models = list(models or (defaults[:1] if quick else defaults))
     samples = samples or (100 if quick else LeaderboardSettings().samples)
     seeds = list(seeds if seeds is not None else ((0,) if quick else (0, 1, 2)))
     nfes = list(nfes or ((5, 10, 20) if quick else NFES))
-    available = zoo.list_pretrained("*digits*")
+    available = zoo.list_pretrained(f"*.{data}")
     missing = sorted(m for m in set(models) - set(available) if not is_location(m))
     if missing:
-        raise ValueError(f"no shipped weights {missing}; the digits models are {available}")
+        raise ValueError(
+            f"no shipped weights {missing}; the {data} models are {available} (or pass local-dir:FOLDER)"
+        )
     processes = {
         m: (load(m)[2] if is_location(m) else shipped_entry(m).process) for m in models
     }  # before any sampling: a process without a target is refused here
     unknown = {m: p for m, p in processes.items() if p not in TARGETS}
     if unknown:
         raise ValueError(f"no solvers benchmark for the process of {unknown}; it covers {sorted(TARGETS)}")
-    base = LeaderboardSettings(data="digits", samples=samples, batch=samples)
+    base = LeaderboardSettings(data=data, samples=samples, batch=samples)
     evaluator = Evaluator(base)
     options = {label: (solver, extra) for label, solver, extra, *_ in SOLVERS}
     payload: dict[str, Any] = {
@@ -260,7 +271,7 @@ def run(
         "machine": machine_info(),
         "protocol": {
             "what": "zoo.eval.leaderboard.Evaluator (the leaderboard protocol): class-balanced labels, no "
-            "guidance, FID of the digits classifier's features against digits:test",
+            f"guidance, FID of the {data} classifier's features against {data}:test",
             "samples": samples,
             "leaderboard_samples": LeaderboardSettings().samples,
             "reduced": samples != LeaderboardSettings().samples,
@@ -278,11 +289,14 @@ def run(
             "(CPU time); FIDs are comparable within this file, not to the leaderboard's"
         )
     out = Path(out)
+    json_path = out / f"{DATA[data]['stem']}.json"
+    png_path = out / f"{DATA[data]['stem']}_fid_vs_nfe.png"
+    payload["protocol"]["data"] = data
     done = set()
-    if resume and (out / "solvers.json").is_file():  # keep the cells of an earlier run of the same protocol
-        earlier = json.loads((out / "solvers.json").read_text())
+    if resume and json_path.is_file():  # keep the cells of an earlier run of the same protocol
+        earlier = json.loads(json_path.read_text())
         if earlier["protocol"]["samples"] != samples:
-            raise ValueError(f"--resume: {out / 'solvers.json'} has {earlier['protocol']['samples']} samples")
+            raise ValueError(f"--resume: {json_path} has {earlier['protocol']['samples']} samples")
         payload["cells"] = earlier["cells"]
         payload["earlier_commands"] = [*earlier.get("earlier_commands", []), earlier["command"]]
         payload["unreachable"] = earlier.get("unreachable", [])
@@ -337,13 +351,13 @@ def run(
         )
         payload["summary"] = summarize(payload["cells"])
         out.mkdir(parents=True, exist_ok=True)
-        (out / "solvers.json").write_text(json.dumps(payload, indent=2) + "\n")
-        plot(payload["cells"], out / "solvers_fid_vs_nfe.png", samples)
+        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        plot(payload["cells"], png_path, samples, data)
     if payload["cells"]:  # also after a --resume that had nothing left to run
         payload["summary"] = summarize(payload["cells"])
         out.mkdir(parents=True, exist_ok=True)
-        (out / "solvers.json").write_text(json.dumps(payload, indent=2) + "\n")
-        plot(payload["cells"], out / "solvers_fid_vs_nfe.png", samples)
+        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        plot(payload["cells"], png_path, samples, data)
     print(
         format_table(
             [
@@ -379,8 +393,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the target cells (ddpm: DDPM-250 / DPM-Solver++-20; flow: Heun-250-steps / Heun-20-NFE)",
     )
+    parser.add_argument("--data", default="digits", choices=sorted(DATA))
     parser.add_argument("--out", default=str(RESULTS_DIR))
-    parser.add_argument("--resume", action="store_true", help="keep the cells already in OUT/solvers.json")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the cells already in OUT/solvers[_mnist].json"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     run(
@@ -392,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         target_only=args.target_only,
         out=Path(args.out),
         resume=args.resume,
+        data=args.data,
         command=" ".join(["python benchmarks/bench_solvers.py", *map(shlex.quote, argv or sys.argv[1:])]),
     )
     return 0
