@@ -790,6 +790,7 @@ def run_leaderboard(
     page_writer: Callable[..., Any] | None = None,
     entries: list[Entry] | None = None,
     merge: Path | dict[str, Any] | None = None,
+    keep_evaluated: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the shipped models (and, with `runs`, every training checkpoint); write JSON, MD and PNGs
     (and, with `page_writer`, e.g. zoo.eval.html.write_page, the self-contained web page).
@@ -797,6 +798,8 @@ def run_leaderboard(
     `entries` replaces the shipped models (`names`) by given ones (Entry: name, process, sha256, loader).
     `merge`: an earlier leaderboard JSON (path or payload) whose rows and curves this run does not
     evaluate are kept where their protocol equals this run's for their process (merge_payload).
+    `keep_evaluated` (with `merge`): models and checkpoints whose row in `merge` has the same weights
+    sha256 and this run's protocol are not sampled again; their rows are kept (`already_evaluated`).
     Every model's and checkpoint's process must have a solver in `settings`: checked before sampling."""
     if entries is None:
         names = shipped_names(settings.data, settings.models) if names is None else names
@@ -818,10 +821,14 @@ def run_leaderboard(
             **{f"{c.recipe}@seed{c.seed} step {c.step}": c.process for c in checkpoints},
         }
     )
+    if keep_evaluated and old is None:
+        raise ValueError("--keep-evaluated needs --merge JSON (the leaderboard whose rows are kept)")
     out = Path(out)
     stem = f"leaderboard_{tag or settings.data}"
     evaluator = Evaluator(settings, npz_dir=npz_dir)
     curve_evaluator = Evaluator(dataclasses.replace(settings, samples=curve_samples), like=evaluator)
+    if keep_evaluated:
+        entries, checkpoints = already_evaluated(old, entries, checkpoints, evaluator, curve_evaluator)
     payload: dict[str, Any] = {
         "settings": {**settings.to_dict(), "curve_samples": curve_samples},
         "results": [record.feature_named(r) for r in evaluate_entries(evaluator, entries, out)],
@@ -841,6 +848,57 @@ def run_leaderboard(
     if page_writer is not None:
         page_writer(payload, out / f"{stem}.html", assets=out)
     return payload
+
+
+def already_evaluated(
+    old: dict[str, Any],
+    entries: list[Entry],
+    checkpoints: list[Checkpoint],
+    evaluator: Evaluator,
+    curve_evaluator: Evaluator,
+) -> tuple[list[Entry], list[Checkpoint]]:
+    """The entries and checkpoints still to evaluate: those without a row in `old` that has the same
+    weights sha256 and this run's protocol (protocol_problems; nfe and net_calls, measured per model, are
+    not compared) and, when the Inception metrics are asked for, carries them where this run would
+    compute them (shipped models, each run's last checkpoint). Sampling is seeded, so a kept row is what
+    this run would compute; merge_payload keeps it."""
+    settings = old.get("settings", {})
+
+    def kept(row: dict[str, Any] | None, sha: str, ev: Evaluator, wants_inception: bool) -> bool:
+        if row is None or (row.get("protocol") or {}).get("weights_sha256") != sha:
+            return False
+        if wants_inception and ev.inception is not None and "fid_inception" not in row:
+            return False
+        problems, _ = protocol_problems(row, ev, settings, {})
+        return not problems
+
+    results = {r.get("model"): r for r in old.get("results") or []}
+    todo = [e for e in entries if not kept(results.get(e.name), e.weights_sha256, evaluator, True)]
+    curves = {}
+    for row in old.get("curves") or []:
+        try:
+            curves[_curve_key(row)] = row
+        except (KeyError, TypeError, ValueError):
+            continue
+    last: dict[tuple[str, int], int] = {}
+    for c in checkpoints:
+        last[(c.recipe, c.seed)] = max(last.get((c.recipe, c.seed), 0), c.step)
+    remaining = [
+        c
+        for c in checkpoints
+        if not kept(
+            curves.get((c.recipe, c.seed, c.step)),
+            sha256_of(c.path),
+            curve_evaluator,
+            c.step == last[(c.recipe, c.seed)],
+        )
+    ]
+    print(
+        f"--keep-evaluated: {len(entries) - len(todo)} of {len(entries)} models and "
+        f"{len(checkpoints) - len(remaining)} of {len(checkpoints)} checkpoints already evaluated",
+        flush=True,
+    )
+    return todo, remaining
 
 
 def read_leaderboard_json(path: Path | str, what: str = "") -> dict[str, Any]:
@@ -1064,6 +1122,12 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     parser.add_argument(
         "--npz", default=None, help="also save each model's samples as NPZ for the ADM evaluator"
     )
+    parser.add_argument(
+        "--keep-evaluated",
+        action="store_true",
+        help="with --merge: do not sample again the models and checkpoints whose row in the JSON has the "
+        "same weights sha256 and this run's protocol (their rows are kept; e.g. a ladder evaluated run by run)",
+    )
     parser.add_argument("--write-cards", action="store_true", help="record the results in the shipped cards")
     parser.add_argument(
         "--html", action="store_true", help="also write the self-contained web page (leaderboard_<data>.html)"
@@ -1103,6 +1167,7 @@ def main_from_args(args: argparse.Namespace, page_writer: Callable[..., Any] | N
         npz_dir=Path(args.npz) if args.npz else None,
         page_writer=page_writer,
         merge=Path(args.merge) if args.merge else None,
+        keep_evaluated=args.keep_evaluated,
     )
     if args.write_cards:
         merged = payload.get("merged")
