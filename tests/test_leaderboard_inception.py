@@ -119,3 +119,35 @@ def test_inception_settings_are_checked_before_any_sampling():
         leaderboard.LeaderboardSettings(inception=5)
     with pytest.raises(ValueError, match="holds 180"):
         leaderboard.Evaluator(leaderboard.LeaderboardSettings(inception=500))
+
+
+def test_cards_show_the_inception_fid_only_with_its_own_record():
+    from zoo.card import card_metadata
+    from zoo.config import config_from_name
+
+    config = config_from_name("sit_t_p4")
+    protocol = {"sampler": "euler", "steps": 50, "guidance": 1.0, "num_samples": 500}
+    protocol |= {"extractor": "mnist_classifier", "reference": "mnist:test (10000 images)"}
+    inception = {
+        "num_samples": 500,
+        "reference": "mnist:test (the first 1000 images)",
+        "extractor": "inception_v3_fid",
+    }
+    card = {
+        "results": {"fid": 9.5, "fid_inception": 30.25},
+        "protocol": protocol,
+        "protocol_inception": inception,
+    }
+
+    def configs(card):
+        index = card_metadata(config, card)["model-index"][0]["results"]
+        # huggingface_hub groups the metrics of one dataset type; each config names its own reference
+        return {m["name"]: m.get("config") for r in index for m in r["metrics"]}
+
+    shown = configs(card)
+    assert shown["FID"] == "euler, 50 steps, guidance 1.0, 500 samples, mnist_classifier features"
+    assert shown["FID (Inception)"] == (
+        "euler, 50 steps, guidance 1.0, 500 samples vs mnist:test (the first 1000 images), "
+        "inception_v3_fid features"
+    )
+    assert "FID (Inception)" not in configs({**card, "protocol_inception": None})

@@ -47,6 +47,8 @@ METRICS = {
     "recall": "recall",
     "inception_score": "Inception score",
     "class_accuracy": "class accuracy",
+    "fid_inception": "FID (Inception)",
+    "kid_inception": "KID (Inception)",
 }
 
 
@@ -92,6 +94,8 @@ def card_metadata(config: dict[str, Any], card: dict[str, Any]) -> dict[str, Any
         reference = str(protocol.get("reference", "test split"))
         data = reference.split(":")[0]
         for key, label in METRICS.items():
+            if key.endswith("_inception") and not card.get("protocol_inception"):
+                continue  # an Inception number is shown only with its own record
             if isinstance(results.get(key), (int, float)):
                 eval_results.append(
                     EvalResult(
@@ -105,9 +109,7 @@ def card_metadata(config: dict[str, Any], card: dict[str, Any]) -> dict[str, Any
                         metric_type=key,
                         metric_value=results[key],
                         metric_name=label,
-                        metric_config=f"{protocol.get('sampler')}, {protocol.get('steps')} steps, "
-                        f"guidance {protocol.get('guidance')}, {protocol.get('num_samples')} samples, "
-                        f"{protocol.get('extractor')} features",
+                        metric_config=_metric_config(key, protocol, card.get("protocol_inception")),
                         verified=False,
                     )
                 )
@@ -123,6 +125,20 @@ def card_metadata(config: dict[str, Any], card: dict[str, Any]) -> dict[str, Any
     ).to_dict()
     order = ["library_name", "license", "license_name", "tags", "base_model", "datasets", "model-index"]
     return {k: data[k] for k in order if k in data}
+
+
+def _metric_config(key: str, protocol: dict[str, Any], inception: dict[str, Any] | None) -> str:
+    """How a card metric was measured: the sampling, the samples and the features (Inception's own record
+    for the `*_inception` metrics: its reference images)."""
+    sampling = (
+        f"{protocol.get('sampler')}, {protocol.get('steps')} steps, guidance {protocol.get('guidance')}"
+    )
+    if key.endswith("_inception") and inception:
+        return (
+            f"{sampling}, {inception.get('num_samples')} samples vs {inception.get('reference')}, "
+            f"{inception.get('extractor')} features"
+        )
+    return f"{sampling}, {protocol.get('num_samples')} samples, {protocol.get('extractor')} features"
 
 
 def use_snippet(load_name: str, guidance: float = 1.0, sampler: str = "ddpm", steps: int = 250) -> str:
@@ -215,6 +231,7 @@ def render_card(config: dict[str, Any], card: dict[str, Any], num_parameters: in
         ("Training command", "command"),
         ("Training", "recipe"),
         ("Evaluation protocol", "protocol"),
+        ("Inception metrics", "protocol_inception"),
     ):
         if card.get(key):
             value = card[key]

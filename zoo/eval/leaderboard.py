@@ -1027,9 +1027,13 @@ def write_cards(payload: dict[str, Any], names: list[str] | None = None) -> None
     rows = [r for r in payload["results"] if names is None or r["model"] in names]
     for row in rows:
         entry = manifest[row["model"]]
-        values = {m: record.column(row, m) for m in METRIC_COLUMNS}
+        values = {m: record.column(row, m) for m in (*METRIC_COLUMNS, *INCEPTION_SHOWN)}
         entry["results"] = {m: round(v, 5) for m, v in values.items() if v is not None}
         entry["evaluation"] = row["protocol"]
+        if "inception_protocol" in row:
+            entry["evaluation_inception"] = row["inception_protocol"]
+        else:  # a row measured without them: an older Inception record would describe other samples
+            entry.pop("evaluation_inception", None)
     SHIPPED_MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
     write_shipped_cards([row["model"] for row in rows])
 

@@ -94,6 +94,7 @@ def shipped_card(name: str, entry: dict[str, Any], config: dict[str, Any]) -> di
         "recipe": entry["recipe"],
         "results": entry.get("results"),
         "protocol": entry.get("evaluation"),
+        "protocol_inception": entry.get("evaluation_inception"),
         "sha256": entry["sha256"],
         "load_name": name,
     }
