@@ -335,29 +335,32 @@ def test_keep_evaluated_samples_only_what_the_merged_json_lacks(tmp_path, capsys
     write_run(runs, "dit_t", 0, (1, 2))
     settings = leaderboard.LeaderboardSettings(samples=20, batch=20, kid_subsets=3, solvers=("ddim:3",))
     model, calls = tiny("dit_t"), []
-    first = leaderboard.run_leaderboard(
-        settings, out=tmp_path / "first", runs=runs, curve_samples=20, entries=[entry("a.digits", model)]
-    )
+
+    def board(out: str, merge=None, protocol=settings, entries=()) -> tuple[dict, str]:
+        capsys.readouterr()
+        payload = leaderboard.run_leaderboard(
+            protocol,
+            out=tmp_path / out,
+            runs=runs,
+            curve_samples=20,
+            entries=list(entries),
+            merge=merge,
+            keep_evaluated=merge is not None,
+        )
+        return payload, capsys.readouterr().out
+
+    first, _ = board("first", entries=[entry("a.digits", model)])
     write_run(runs, "dit_t", 1, (1, 2))  # a second seed finished since
-    capsys.readouterr()
-    second = leaderboard.run_leaderboard(
-        settings,
-        out=tmp_path / "second",
-        runs=runs,
-        curve_samples=20,
-        entries=[entry("a.digits", model, calls)],
-        merge=tmp_path / "first" / "leaderboard_digits.json",
-        keep_evaluated=True,
+    second, printed = board(
+        "second", tmp_path / "first" / "leaderboard_digits.json", entries=[entry("a.digits", model, calls)]
     )
-    assert "1 of 1 models and 2 of 4 checkpoints already evaluated" in capsys.readouterr().out
+    assert "1 of 1 models and 2 of 4 checkpoints already evaluated" in printed
     assert calls == []  # the shipped model was not even loaded
     assert second["results"] == first["results"]
     assert [(r["seed"], r["step"]) for r in second["curves"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert second["curves"][:2] == first["curves"] and second["seed_summary"][0]["seeds"] == [0, 1]
     # a kept row is what sampling again gives (seeded), so keeping it changes no number
-    fresh = leaderboard.run_leaderboard(
-        settings, out=tmp_path / "fresh", runs=runs, curve_samples=20, entries=[]
-    )
+    fresh, _ = board("fresh")
     for kept, again in zip(second["curves"], fresh["curves"]):
         assert kept["fid_classifier"] == again["fid_classifier"] and kept["step"] == again["step"]
     # a checkpoint whose weights changed (a run retrained into the same folder) is sampled again
@@ -365,30 +368,12 @@ def test_keep_evaluated_samples_only_what_the_merged_json_lacks(tmp_path, capsys
         {"model_config": json.dumps(model.config), "ema": tiny("dit_t", seed=99).net.state_dict()},
         runs / "dit_t" / "seed0" / "checkpoints" / "step-00000002.pt",
     )
-    capsys.readouterr()
-    third = leaderboard.run_leaderboard(
-        settings,
-        out=tmp_path / "third",
-        runs=runs,
-        curve_samples=20,
-        entries=[],
-        merge=second,
-        keep_evaluated=True,
-    )
-    assert "3 of 4 checkpoints already evaluated" in capsys.readouterr().out
+    third, printed = board("third", second)
+    assert "3 of 4 checkpoints already evaluated" in printed
     changed = next(r for r in third["curves"] if (r["seed"], r["step"]) == (0, 2))
     assert changed["fid_classifier"] != second["curves"][1]["fid_classifier"]
     # another protocol keeps nothing; and without --merge there is nothing to keep
-    capsys.readouterr()
-    leaderboard.run_leaderboard(
-        dataclasses.replace(settings, solvers=("ddim:4",)),
-        out=tmp_path / "fourth",
-        runs=runs,
-        curve_samples=20,
-        entries=[],
-        merge=third,
-        keep_evaluated=True,
-    )
-    assert "0 of 4 checkpoints already evaluated" in capsys.readouterr().out
+    _, printed = board("fourth", third, protocol=dataclasses.replace(settings, solvers=("ddim:4",)))
+    assert "0 of 4 checkpoints already evaluated" in printed
     with pytest.raises(ValueError, match="--keep-evaluated needs --merge"):
         leaderboard.run_leaderboard(settings, out=tmp_path / "x", runs=runs, entries=[], keep_evaluated=True)
