@@ -91,7 +91,7 @@ def test_page_loads_sorts_and_shows_every_image_in_headless_chromium(digits_page
     images = browser.execute_script(
         "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);"
     )
-    solver_plots = len(list(RESULTS.glob("solvers*.png")))  # FID against NFE, when the benchmark ran
+    solver_plots = len(html.solver_plots(RESULTS, "digits"))  # FID against NFE: this data set's plots
     # a grid per model, the FID-vs-step plot and the solvers benchmark's plots
     assert len(images) == len(payload["results"]) + 1 + solver_plots
     assert all(complete and width > 0 for _, complete, width in images), images
