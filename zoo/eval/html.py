@@ -31,6 +31,7 @@ from zoo.eval import metrics as evaluate
 from zoo.eval import record
 from zoo.eval.leaderboard import (
     DEFAULT_OUT,
+    inception_records,
     plot_curves,
     read_leaderboard_json,
     rows_by_process,
@@ -257,12 +258,11 @@ def table_metrics(rows: list[dict[str, Any]]) -> tuple[tuple[str, str, bool], ..
 
 def _inception_section(rows: list[dict[str, Any]]) -> list[str]:
     """The record of the Inception metrics (absent without them)."""
-    records = [r["inception_protocol"] for r in rows if "inception_protocol" in r]
-    if not records:
+    count, shared, varying = inception_records(rows)
+    if not count:
         return []
-    shared, varying = record.shared_protocol([{"protocol": p} for p in records])
     lines = [
-        f'<p class="muted">Inception columns ({len(records)} rows): the same samples in the FID '
+        f'<p class="muted">Inception columns ({count} rows): the same samples in the FID '
         "Inception-v3's features (what <code>zoo fid</code> computes).</p>",
         '<table id="inception-protocol"><tbody>',
     ]

@@ -524,6 +524,22 @@ def run_checkpoints(runs: Path, pattern: str, data: str = "digits") -> list[Chec
     return out
 
 
+def last_checkpoints(checkpoints: list[Checkpoint]) -> set[Checkpoint]:
+    """The last checkpoint (highest step) of each run (recipe, seed) among `checkpoints`."""
+    last: dict[tuple[str, int], Checkpoint] = {}
+    for c in checkpoints:
+        if (c.recipe, c.seed) not in last or c.step > last[(c.recipe, c.seed)].step:
+            last[(c.recipe, c.seed)] = c
+    return set(last.values())
+
+
+def inception_records(rows: list[dict[str, Any]]) -> tuple[int, dict[str, Any], list[str]]:
+    """(how many rows carry Inception metrics, the record they share, the keys that differ between them)."""
+    records = [r["inception_protocol"] for r in rows if "inception_protocol" in r]
+    shared, varying = record.shared_protocol([{"protocol": p} for p in records])
+    return len(records), shared, varying
+
+
 def evaluate_runs(
     evaluator: Evaluator, runs: Path | list[Checkpoint], pattern: str = "*"
 ) -> list[dict[str, Any]]:
@@ -532,9 +548,7 @@ def evaluate_runs(
     if isinstance(runs, (str, Path)):
         runs = run_checkpoints(Path(runs), pattern, evaluator.settings.data)
     evaluator.settings.check_processes({f"{c.recipe}@seed{c.seed}": c.process for c in runs})
-    last: dict[tuple[str, int], int] = {}
-    for c in runs:  # the Inception metrics (when asked for) only at each run's last checkpoint
-        last[(c.recipe, c.seed)] = max(last.get((c.recipe, c.seed), 0), c.step)
+    last = last_checkpoints(runs)  # the Inception metrics (when asked for) only at each run's last one
     rows = []
     for c in runs:
         state = torch.load(c.path, map_location="cpu", weights_only=True)
@@ -545,7 +559,7 @@ def evaluate_runs(
             f"{c.recipe}@seed{c.seed}",
             sha256_of(c.path),
             training_step=c.step,
-            inception=c.step == last[(c.recipe, c.seed)],
+            inception=c in last,
         )
         rows.append({**row, "recipe": c.recipe, "seed": c.seed, "step": c.step})
         print(f"{c.recipe} seed {c.seed} step {c.step}: FID {row['fid']:.3f}", flush=True)
@@ -627,13 +641,12 @@ def render_markdown(payload: dict[str, Any]) -> str:
     rows = [r for r in payload["results"] if evaluate.has_protocol(r)]
     lines = [f"# Leaderboard: {payload['settings']['data']}", ""]
     lines += protocol_lines(rows)
-    inception = [r["inception_protocol"] for r in rows if "inception_protocol" in r]
-    if inception:
-        shared, varying = record.shared_protocol([{"protocol": p} for p in inception])
+    count, shared, varying = inception_records(rows)
+    if count:
         text = ", ".join(f"{k}={v}" for k, v in shared.items())
         if varying:
             text += "; differs between rows: " + ", ".join(varying)
-        lines += [f"Inception metrics (`*_inception`, {len(inception)} rows): {text}", ""]
+        lines += [f"Inception metrics (`*_inception`, {count} rows): {text}", ""]
     columns = [*METRIC_COLUMNS, *(c for c in INCEPTION_SHOWN if any(c in r for r in rows))]
     names = [record.feature_key(c) for c in columns]
     lines += [
@@ -880,9 +893,7 @@ def already_evaluated(
             curves[_curve_key(row)] = row
         except (KeyError, TypeError, ValueError):
             continue
-    last: dict[tuple[str, int], int] = {}
-    for c in checkpoints:
-        last[(c.recipe, c.seed)] = max(last.get((c.recipe, c.seed), 0), c.step)
+    last = last_checkpoints(checkpoints)
     remaining = [
         c
         for c in checkpoints
@@ -890,7 +901,7 @@ def already_evaluated(
             curves.get((c.recipe, c.seed, c.step)),
             sha256_of(c.path),
             curve_evaluator,
-            c.step == last[(c.recipe, c.seed)],
+            c in last,
         )
     ]
     print(
