@@ -377,3 +377,36 @@ def test_keep_evaluated_samples_only_what_the_merged_json_lacks(tmp_path, capsys
     assert "0 of 4 checkpoints already evaluated" in printed
     with pytest.raises(ValueError, match="--keep-evaluated needs --merge"):
         leaderboard.run_leaderboard(settings, out=tmp_path / "x", runs=runs, entries=[], keep_evaluated=True)
+
+
+def test_curve_every_keeps_the_multiples_and_each_runs_last_checkpoint(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "dit_t", 0, (1, 2, 3, 4, 5))
+    write_run(runs, "dit_t", 1, (2, 4, 7))  # a run whose last step is no multiple
+    settings = leaderboard.LeaderboardSettings(samples=20, batch=20, kid_subsets=3, solvers=("ddim:3",))
+
+    def board(every, out):
+        return leaderboard.run_leaderboard(
+            settings, out=tmp_path / out, runs=runs, curve_samples=20, entries=[], curve_every=every
+        )
+
+    thinned, full = board(2, "thin"), board(None, "full")
+    assert [(r["seed"], r["step"]) for r in thinned["curves"]] == [
+        (0, 2),
+        (0, 4),
+        (0, 5),
+        (1, 2),
+        (1, 4),
+        (1, 7),
+    ]
+    assert thinned["settings"]["curve_every"] == 2 and "curve_every" not in full["settings"]
+    # the kept checkpoints are sampled exactly as in the full board, and the seed statistics read the same rows
+    by_step = {(r["seed"], r["step"]): r["fid_classifier"] for r in full["curves"]}
+    assert all(r["fid_classifier"] == by_step[(r["seed"], r["step"])] for r in thinned["curves"])
+    assert thinned["seed_summary"] == full["seed_summary"]
+    # a run's length alone: only the last checkpoints
+    assert [r["step"] for r in board(100, "last")["curves"]] == [5, 7]
+    with pytest.raises(ValueError, match="curve_every must be >= 1"):
+        board(0, "zero")
+    with pytest.raises(ValueError, match="no --runs was given"):
+        leaderboard.run_leaderboard(settings, out=tmp_path / "x", entries=[], curve_every=2)

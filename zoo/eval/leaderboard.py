@@ -533,6 +533,14 @@ def last_checkpoints(checkpoints: list[Checkpoint]) -> set[Checkpoint]:
     return set(last.values())
 
 
+def thin_checkpoints(checkpoints: list[Checkpoint], every: int) -> list[Checkpoint]:
+    """The checkpoints at multiples of `every` steps and the last one of each run, in their order."""
+    if every < 1:
+        raise ValueError(f"curve_every must be >= 1 training steps, got {every}")
+    last = last_checkpoints(checkpoints)
+    return [c for c in checkpoints if c.step % every == 0 or c in last]
+
+
 def inception_records(rows: list[dict[str, Any]]) -> tuple[int, dict[str, Any], list[str]]:
     """(how many rows carry Inception metrics, the record they share, the keys that differ between them)."""
     records = [r["inception_protocol"] for r in rows if "inception_protocol" in r]
@@ -804,6 +812,7 @@ def run_leaderboard(
     entries: list[Entry] | None = None,
     merge: Path | dict[str, Any] | None = None,
     keep_evaluated: bool = False,
+    curve_every: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate the shipped models (and, with `runs`, every training checkpoint); write JSON, MD and PNGs
     (and, with `page_writer`, e.g. zoo.eval.html.write_page, the self-contained web page).
@@ -813,6 +822,8 @@ def run_leaderboard(
     evaluate are kept where their protocol equals this run's for their process (merge_payload).
     `keep_evaluated` (with `merge`): models and checkpoints whose row in `merge` has the same weights
     sha256 and this run's protocol are not sampled again; their rows are kept (`already_evaluated`).
+    `curve_every` N: of each run only the checkpoints at multiples of N steps and its last one (e.g. the
+    last one alone, the row the seed statistics read, at a costlier protocol).
     Every model's and checkpoint's process must have a solver in `settings`: checked before sampling."""
     if entries is None:
         names = shipped_names(settings.data, settings.models) if names is None else names
@@ -823,6 +834,10 @@ def run_leaderboard(
             f"--merge: the JSON is a leaderboard of {old['settings'].get('data')!r}, this run of {settings.data!r}"
         )
     checkpoints = run_checkpoints(Path(runs), settings.models, settings.data) if runs is not None else []
+    if curve_every is not None:
+        if runs is None:
+            raise ValueError("--curve-every thins the curves of --runs; no --runs was given")
+        checkpoints = thin_checkpoints(checkpoints, curve_every)
     if not entries and not checkpoints and old is None:
         raise FileNotFoundError(
             f"no shipped model matches {settings.models!r} for {settings.data!r} "
@@ -843,7 +858,11 @@ def run_leaderboard(
     if keep_evaluated:
         entries, checkpoints = already_evaluated(old, entries, checkpoints, evaluator, curve_evaluator)
     payload: dict[str, Any] = {
-        "settings": {**settings.to_dict(), "curve_samples": curve_samples},
+        "settings": {
+            **settings.to_dict(),
+            "curve_samples": curve_samples,
+            **({"curve_every": curve_every} if curve_every is not None else {}),
+        },
         "results": [record.feature_named(r) for r in evaluate_entries(evaluator, entries, out)],
     }
     if runs is not None:
@@ -1122,6 +1141,14 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     )
     parser.add_argument("--curve-samples", type=int, default=200, help="samples per checkpoint on the curves")
     parser.add_argument(
+        "--curve-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="of each run only the checkpoints at multiples of N steps and its last one (default: all); "
+        "e.g. a run's length: its last checkpoint alone, the row the seed statistics read",
+    )
+    parser.add_argument(
         "--merge",
         default=None,
         metavar="JSON",
@@ -1183,6 +1210,7 @@ def main_from_args(args: argparse.Namespace, page_writer: Callable[..., Any] | N
         page_writer=page_writer,
         merge=Path(args.merge) if args.merge else None,
         keep_evaluated=args.keep_evaluated,
+        curve_every=args.curve_every,
     )
     if args.write_cards:
         merged = payload.get("merged")
