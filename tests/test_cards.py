@@ -203,3 +203,13 @@ def test_a_converted_ant_checkpoint_gets_the_cosine_schedule(tmp_path):
     assert zoo.create(f"local-dir:{out}").config["diffusion"]["schedule"] == "cosine"
     plain = convert_to_zoo(str(tmp_path / "ant.pt"), str(tmp_path / "plain"), fmt="dit_original")
     assert json.loads((plain / "config.json").read_text())["diffusion"]["schedule"] == "linear"
+
+
+def test_an_unmeasured_cards_snippet_samples_with_its_own_processs_solver():
+    """Without a measured protocol the snippet names the default solver of the weights' process (a flow
+    model has no `ddpm` solver; the shipped-card test above executes every shipped snippet)."""
+    for name in ("sit_t", "dit_t"):
+        model = zoo.create(name)
+        snippet = _use_snippet(render_card(model.config, {"name": name, "load_name": name}))
+        assert f"sampler={model.solvers[0]!r}" in snippet, snippet
+    assert zoo.create("sit_t").solvers[0] == "euler"

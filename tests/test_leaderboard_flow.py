@@ -404,6 +404,14 @@ def test_curve_every_keeps_the_multiples_and_each_runs_last_checkpoint(tmp_path)
     by_step = {(r["seed"], r["step"]): r["fid_classifier"] for r in full["curves"]}
     assert all(r["fid_classifier"] == by_step[(r["seed"], r["step"])] for r in thinned["curves"])
     assert thinned["seed_summary"] == full["seed_summary"]
+    # a board of checkpoints alone states their protocol (it had none: only the shipped rows' was shown)
+    markdown, page = leaderboard.render_markdown(thinned), html.render_page(thinned)
+    line = next(x for x in markdown.splitlines() if x.startswith(leaderboard.CURVES_PROTOCOL))
+    assert line.startswith(
+        f"{leaderboard.CURVES_PROTOCOL} (ddpm, 6 rows): sampler=ddim, steps=3, guidance=1.0"
+    )
+    assert "num_samples=20" in line and "No shipped model in this leaderboard" in markdown
+    assert 'id="protocol-checkpoints"' in page and 'id="models"' not in page
     # a run's length alone: only the last checkpoints
     assert [r["step"] for r in board(100, "last")["curves"]] == [5, 7]
     with pytest.raises(ValueError, match="curve_every must be >= 1"):

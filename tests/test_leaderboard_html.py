@@ -131,10 +131,21 @@ def test_the_committed_page_has_one_row_per_model_of_the_committed_json():
     assert (RESULTS / "leaderboard_digits.png").is_file()
 
 
+@pytest.mark.parametrize(
+    "board", sorted(p.relative_to(RESULTS).as_posix() for p in RESULTS.glob("**/leaderboard_*.json"))
+)
+def test_every_committed_markdown_is_what_its_json_renders(board):
+    """The Markdown beside each committed leaderboard JSON is regenerated, not stale or hand-edited
+    (`zoo leaderboard --html --from-json JSON` rewrites it)."""
+    payload = json.loads((RESULTS / board).read_text())
+    assert (RESULTS / board).with_suffix(".md").read_text() == leaderboard.render_markdown(payload)
+
+
 def test_from_json_through_the_cli_and_its_errors(tmp_path):
 
     assert main(["leaderboard", "--html", "--from-json", str(DIGITS_JSON), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "leaderboard_digits.html").is_file()
+    assert (tmp_path / "leaderboard_digits.md").read_text() == (RESULTS / "leaderboard_digits.md").read_text()
     with pytest.raises(SystemExit, match="add --html"):
         main(["leaderboard", "--from-json", str(DIGITS_JSON), "--out", str(tmp_path)])
     with pytest.raises(FileNotFoundError):

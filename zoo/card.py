@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from zoo.config import arch_class
+from zoo.diffusion import DEFAULT_PROCESS, solvers_for
 
 #: the licence of weights this project trains from scratch (its code's licence)
 OWN_LICENSE = "apache-2.0"
@@ -241,6 +242,8 @@ def render_card(config: dict[str, Any], card: dict[str, Any], num_parameters: in
         lines += ["## Notes", "", card["notes"], ""]
     protocol = card.get("protocol") or {}
     sampling = {k: protocol[k] for k in ("sampler", "steps", "guidance") if k in protocol}
+    if "sampler" not in sampling:  # unmeasured: the default solver of the weights' own process
+        sampling["sampler"] = solvers_for((config.get("diffusion") or {}).get("process", DEFAULT_PROCESS))[0]
     snippet = use_snippet(card.get("load_name", "local-dir:PATH"), **sampling)
     lines += ["## Use", "", "```python", snippet, "```", ""]
     return "\n".join(lines)

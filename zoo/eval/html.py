@@ -34,6 +34,7 @@ from zoo.eval.leaderboard import (
     inception_records,
     plot_curves,
     read_leaderboard_json,
+    render_markdown,
     rows_by_process,
     summarize_seeds,
 )
@@ -227,8 +228,11 @@ def _protocol_cell(key: str, shared: dict[str, Any], varying: list[str], derived
     return '<span class="muted">not recorded (JSON written before this field)</span>'
 
 
-def _protocol_section(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
-    """The protocol of each process: one column per process, one row per field."""
+def _protocol_section(
+    rows: list[dict[str, Any]], settings: dict[str, Any], table_id: str = "protocol"
+) -> str:
+    """The protocol of each process: one column per process, one row per field (fields an old JSON did
+    not record are derived from the leaderboard's `settings` where they can be)."""
     groups = rows_by_process(rows)
     columns = []
     for process, group in groups.items():
@@ -237,7 +241,7 @@ def _protocol_section(rows: list[dict[str, Any]], settings: dict[str, Any]) -> s
     extra = [k for _, _, shared, varying, _ in columns for k in [*shared, *varying]]
     keys = list(dict.fromkeys([*EXPECTED_PROTOCOL, *extra]))
     heads = "".join(f'<th class="text">{_e(p)} ({n} rows)</th>' for p, n, *_ in columns)
-    lines = [f'<table id="protocol"><thead><tr><th class="text">field</th>{heads}</tr></thead><tbody>']
+    lines = [f'<table id="{table_id}"><thead><tr><th class="text">field</th>{heads}</tr></thead><tbody>']
     for key in keys:
         cells = "".join(
             f'<td class="text">{_protocol_cell(key, shared, varying, derived)}</td>'
@@ -245,8 +249,6 @@ def _protocol_section(rows: list[dict[str, Any]], settings: dict[str, Any]) -> s
         )
         lines.append(f'<tr><th class="text">{_e(key)}</th>{cells}</tr>')
     lines.append("</tbody></table>")
-    settings_text = ", ".join(f"{k}={v}" for k, v in settings.items())
-    lines.append(f'<p class="muted">Leaderboard settings: <code>{_e(settings_text)}</code></p>')
     return "\n".join(lines)
 
 
@@ -256,7 +258,7 @@ def table_metrics(rows: list[dict[str, Any]]) -> tuple[tuple[str, str, bool], ..
     return (*TABLE_METRICS, *inception)
 
 
-def _inception_section(rows: list[dict[str, Any]]) -> list[str]:
+def _inception_section(rows: list[dict[str, Any]], table_id: str = "inception-protocol") -> list[str]:
     """The record of the Inception metrics (absent without them)."""
     count, shared, varying = inception_records(rows)
     if not count:
@@ -264,7 +266,7 @@ def _inception_section(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         f'<p class="muted">Inception columns ({count} rows): the same samples in the FID '
         "Inception-v3's features (what <code>zoo fid</code> computes).</p>",
-        '<table id="inception-protocol"><tbody>',
+        f'<table id="{table_id}"><tbody>',
     ]
     for key, value in shared.items():
         lines.append(
@@ -445,7 +447,9 @@ def render_page(
         )
         + ". Click a column header to sort.</p>",
         "<h2>Shipped models</h2>",
-        _models_table(rows, {e["recipe"]: e for e in summary}, fid_tests, page_dir),
+        _models_table(rows, {e["recipe"]: e for e in summary}, fid_tests, page_dir)
+        if rows
+        else '<p class="muted">No shipped model in this leaderboard: training-run checkpoints only.</p>',
         '<p class="muted">KID ± its std over subsets (absent when every subset is the whole of both sets). '
         "FID over seeds: the training runs' final checkpoints, evaluated on fewer samples than the table.</p>",
     ]
@@ -461,7 +465,18 @@ def render_page(
             _seeds_table(summary, fid_tests),
             *_claims(comparisons),
         ]
-    parts += ["<h2>Protocol</h2>", _protocol_section(rows, payload["settings"]), *_inception_section(rows)]
+    parts += ["<h2>Protocol</h2>"]
+    if rows:
+        parts += [_protocol_section(rows, payload["settings"]), *_inception_section(rows)]
+    checked = [r for r in curves if evaluate.has_protocol(r)]
+    if checked:  # the checkpoints' own protocol (fewer samples than the shipped models, often)
+        parts += [
+            "<h3>Training-run checkpoints</h3>",
+            _protocol_section(checked, payload["settings"], table_id="protocol-checkpoints"),
+            *_inception_section(checked, table_id="inception-protocol-checkpoints"),
+        ]
+    settings_text = ", ".join(f"{k}={v}" for k, v in payload["settings"].items())
+    parts.append(f'<p class="muted">Leaderboard settings: <code>{_e(settings_text)}</code></p>')
     plot = _curve_plot(payload, assets)
     parts.append("<h2>FID against training step</h2>")
     if plot:
@@ -515,12 +530,14 @@ def page_from_json(json_path: Path, out: Path | None = None) -> Path:
 
 
 def main_from_json(args: argparse.Namespace) -> int:
-    """`zoo leaderboard --html --from-json JSON [--out DIR]`."""
+    """`zoo leaderboard --html --from-json JSON [--out DIR]`: the page and the Markdown of the JSON."""
     if not args.html:
         raise SystemExit("--from-json renders the web page: add --html")
     out = None if Path(args.out) == DEFAULT_OUT else Path(args.out)
     page = page_from_json(Path(args.from_json), out)
-    print(f"wrote {page}")
+    markdown = page.with_suffix(".md")
+    markdown.write_text(render_markdown(read_leaderboard_json(Path(args.from_json))))
+    print(f"wrote {page} and {markdown}")
     return 0
 
 

@@ -629,7 +629,7 @@ def rows_by_process(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     return dict(sorted(groups.items()))
 
 
-def protocol_lines(rows: list[dict[str, Any]]) -> list[str]:
+def protocol_lines(rows: list[dict[str, Any]], label: str = "Protocol") -> list[str]:
     """One 'Protocol (process, n rows): k=v, ...' line per process; keys whose value differs between the
     rows of a process (or that only some record: a merge of older rows) are named as varying."""
     lines = []
@@ -638,8 +638,12 @@ def protocol_lines(rows: list[dict[str, Any]]) -> list[str]:
         text = ", ".join(f"{k}={v}" for k, v in shared.items())
         if varying:
             text += "; differs between rows or not recorded in all: " + ", ".join(varying)
-        lines += [f"Protocol ({process}, {len(group)} rows): {text}", ""]
+        lines += [f"{label} ({process}, {len(group)} rows): {text}", ""]
     return lines
+
+
+#: the label of the training-run checkpoints' protocol lines (their own samples count, guidance, ...)
+CURVES_PROTOCOL = "Protocol of the training-run checkpoints"
 
 
 def render_markdown(payload: dict[str, Any]) -> str:
@@ -648,19 +652,22 @@ def render_markdown(payload: dict[str, Any]) -> str:
     features are named so."""
     rows = [r for r in payload["results"] if evaluate.has_protocol(r)]
     lines = [f"# Leaderboard: {payload['settings']['data']}", ""]
-    lines += protocol_lines(rows)
-    count, shared, varying = inception_records(rows)
-    if count:
-        text = ", ".join(f"{k}={v}" for k, v in shared.items())
-        if varying:
-            text += "; differs between rows: " + ", ".join(varying)
-        lines += [f"Inception metrics (`*_inception`, {count} rows): {text}", ""]
+    curves = [r for r in payload.get("curves") or [] if evaluate.has_protocol(r)]
+    lines += protocol_lines(rows) + protocol_lines(curves, CURVES_PROTOCOL)
+    for label, group in (("", rows), (" of the checkpoints", curves)):
+        count, shared, varying = inception_records(group)
+        if count:
+            text = ", ".join(f"{k}={v}" for k, v in shared.items())
+            if varying:
+                text += "; differs between rows: " + ", ".join(varying)
+            lines += [f"Inception metrics{label} (`*_inception`, {count} rows): {text}", ""]
     columns = [*METRIC_COLUMNS, *(c for c in INCEPTION_SHOWN if any(c in r for r in rows))]
     names = [record.feature_key(c) for c in columns]
-    lines += [
+    header = [
         "| model | process | solver | NFE | " + " | ".join(names) + " | weights sha256 |",
         "|---" * (len(columns) + 5) + "|",
     ]
+    lines += header if rows else ["No shipped model in this leaderboard: training-run checkpoints only."]
     for row in sorted(rows, key=lambda r: record.column(r, "fid")):
         values = [record.column(row, c) for c in columns]
         cells = " | ".join("" if v is None else f"{v:.4f}" for v in values)
@@ -1178,7 +1185,8 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
         "--from-json",
         default=None,
         metavar="JSON",
-        help="render the page (--html) from an existing leaderboard JSON and the PNGs beside it; samples nothing",
+        help="render the page (--html) and the Markdown from an existing leaderboard JSON and the PNGs beside "
+        "it; samples nothing",
     )
     return parser
 
