@@ -18,7 +18,7 @@ from zoo.eval import html, leaderboard, record
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 DIGITS_JSON = RESULTS / "leaderboard_digits.json"
-MNIST_JSON = RESULTS / "leaderboard_mnist.json"
+MNIST_DDIM25_JSON = RESULTS / "leaderboard_ddim25" / "leaderboard_mnist.json"  # the earlier MNIST board
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_from_json_through_the_cli_and_its_errors(tmp_path):
 
 
 def test_single_seed_tables_print_no_spread():
-    payload = json.loads(MNIST_JSON.read_text())  # one training seed per recipe, NaN std in the old JSON
+    payload = json.loads(MNIST_DDIM25_JSON.read_text())  # one seed per recipe, NaN std in the old JSON
     markdown = leaderboard.render_markdown(payload)
     assert "nan" not in markdown.lower()
     row = next(line for line in markdown.splitlines() if line.startswith("| dit_t_p4 | 8000 | 1 |"))
