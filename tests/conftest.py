@@ -19,3 +19,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """The package's on-disk cache (URL weights, reference features) in a fresh folder: a test neither
+    reads what an earlier run left in ~/.cache nor leaves anything there."""
+    previous = os.environ.get("ZOO_CACHE")
+    os.environ["ZOO_CACHE"] = str(tmp_path_factory.mktemp("zoo_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("ZOO_CACHE", None)
+    else:
+        os.environ["ZOO_CACHE"] = previous

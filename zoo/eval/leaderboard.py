@@ -310,7 +310,7 @@ class Evaluator:
                 )
             self.inception = load_inception()
             print(f"Inception features of {settings.inception} reference images ...", flush=True)
-            self.inception_reference = evaluate.extract(
+            self.inception_reference = evaluate.extract_cached(  # the same every run: kept on disk
                 self.inception, reference.images[: settings.inception], batch_size=INCEPTION_BATCH
             )
 
