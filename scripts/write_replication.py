@@ -1,12 +1,12 @@
-"""Fill the generated tables of benchmarks/REPLICATION.md from the committed digits leaderboard JSON.
+"""Fill the generated tables of benchmarks/REPLICATION.md from the committed leaderboard JSON.
 
     python scripts/write_replication.py           # rewrite the blocks in place
     python scripts/write_replication.py --check   # exit 1 (and name the blocks) if a block is stale
 
 Every number in the tables comes from `benchmarks/results/leaderboard_digits.json` (the converged
 protocol: DDIM 50 / Euler 50 steps; for the solver rows, `benchmarks/results/solvers.json`; for the
-fast-protocol rows, the earlier board `benchmarks/results/leaderboard_ddim25/leaderboard_digits.json`);
-the prose around them is written by hand and quotes them. A
+fast-protocol rows, the earlier board `benchmarks/results/leaderboard_ddim25/leaderboard_digits.json`; for
+the MNIST ladder, `benchmarks/results/leaderboard_mnist.json` and `benchmarks/results/mnist_ladder_cfg1.5/`); the prose around them is written by hand and quotes them. A
 block is the text between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->`; tests/test_replication.py
 runs `--check`, so the tables cannot drift from the JSON.
 """
@@ -35,6 +35,20 @@ FLOW_PAIRS += (("sit_t_minsnr", "dit_t_minsnr"),)
 #: the earlier digits leaderboard, at the fast protocol (DDIM 25 steps / Heun 12 steps, about 25 NFE), and
 #: its first training of the seeds: kept for the table of how FID and rank move with the protocol
 FAST_BOARD = "leaderboard_ddim25"
+#: the MNIST ladder (issue 19): the MNIST board (guidance 1; the shipped models and every checkpoint of the
+#: ladder at 200 samples) and the ladder's guided board (guidance 1.5, each run's last checkpoint, 1,000 samples)
+MNIST_BOARD, MNIST_GUIDED = (
+    RESULTS / "leaderboard_mnist.json",
+    RESULTS / "mnist_ladder_cfg1.5" / "leaderboard_mnist.json",
+)
+
+
+#: the comparisons' metric keys as the tables name them
+METRIC_LABELS = {
+    "fid_classifier": "FID",
+    "fid_inception": "Inception FID",
+    "class_accuracy": "class accuracy",
+}
 
 
 def _ms(mean: float | None, std: float | None, digits: int) -> str:
@@ -78,17 +92,9 @@ def seeds_table(payload: dict[str, Any]) -> str:
     fid = "fid_classifier"
     order = sorted(by_recipe, key=lambda r: (_process(r), by_recipe[r][f"{fid}_mean"]))
     protocol = _protocol(payload["curves"])
-    lines = _header(
-        "recipe",
-        "process (solver, NFE)",
-        "seeds",
-        "FID",
-        "FID 95 % CI",
-        "precision",
-        "recall",
-        "IS",
-        "class accuracy",
-    )
+    inception = any("fid_inception_mean" in row for row in by_recipe.values())
+    columns = ["recipe", "process (solver, NFE)", "seeds", "FID", "FID 95 % CI", "precision", "recall"]
+    lines = _header(*columns, "IS", "class accuracy", *(["Inception FID"] if inception else []))
     for recipe in order:
         row = by_recipe[recipe]
 
@@ -99,16 +105,18 @@ def seeds_table(payload: dict[str, Any]) -> str:
             f"| {recipe} | {_process(recipe)} ({protocol[_process(recipe)]}) | {len(row['seeds'])} "
             f"| {cell(fid, 2)} | {_ci(row.get(f'{fid}_ci95'), 2)} | {cell('precision_classifier', 3)} "
             f"| {cell('recall_classifier', 3)} | {cell('inception_score_classifier', 2)} "
-            f"| {cell('class_accuracy', 3)} |"
+            f"| {cell('class_accuracy', 3)} |" + (f" {cell('fid_inception', 1)} |" if inception else "")
         )
     return "\n".join(lines) + "\n"
 
 
 def comparisons_table(payload: dict[str, Any]) -> str:
+    if not payload.get("comparisons"):
+        return "(No comparison yet: no recipe and its plain recipe both have finished runs.)\n"
     lines = _header("recipe", "against", "metric", "difference of means", "paired p", "Welch p", "verdict")
     rows = sorted(payload["comparisons"], key=lambda c: (c["metric"], c.get("process", ""), c["recipe"]))
     for c in rows:
-        metric = "FID" if c["metric"].startswith("fid") else "class accuracy"
+        metric = METRIC_LABELS.get(c["metric"], c["metric"])
         verdict = _verdict(c["verdict"])
         lines.append(
             f"| {c['recipe']} | {c['baseline']} | {metric} | {c['difference']:+.3f} | {_p(c['paired_p'])} "
@@ -226,7 +234,13 @@ def render_blocks() -> dict[str, str]:
     payload = json.loads((RESULTS / "leaderboard_digits.json").read_text())
     solvers = json.loads((RESULTS / "solvers.json").read_text())
     fast = json.loads((RESULTS / FAST_BOARD / "leaderboard_digits.json").read_text())
+    ladder, guided = (json.loads(path.read_text()) for path in (MNIST_BOARD, MNIST_GUIDED))
     return {
+        "mnist_shipped": shipped_table(ladder),
+        "mnist_ladder": seeds_table(ladder),
+        "mnist_ladder_comparisons": comparisons_table(ladder),
+        "mnist_guided": seeds_table(guided),
+        "mnist_guided_comparisons": comparisons_table(guided),
         "seeds": seeds_table(payload),
         "comparisons": comparisons_table(payload),
         "flow_vs_ddpm": flow_table(payload),

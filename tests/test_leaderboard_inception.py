@@ -151,3 +151,36 @@ def test_cards_show_the_inception_fid_only_with_its_own_record():
         "inception_v3_fid features"
     )
     assert "FID (Inception)" not in configs({**card, "protocol_inception": None})
+
+
+def test_write_cards_records_the_rows_metrics_and_both_protocols(tmp_path, monkeypatch):
+    """`--write-cards` on a copy of the package: the manifest entry and the card take the committed MNIST
+    board's row of sit_t_p4.mnist (its metrics, its protocol, its Inception record); a row measured
+    without Inception drops the old Inception record rather than keep one of other samples."""
+    import shutil
+
+    from zoo.hub.shipped import SHIPPED_MANIFEST
+
+    board = json.loads((PACKAGE_WEIGHTS.parents[1] / "benchmarks/results/leaderboard_mnist.json").read_text())
+    (row,) = [r for r in board["results"] if r["model"] == "sit_t_p4.mnist"]
+    weights = tmp_path / "pretrained"
+    shutil.copytree(PACKAGE_WEIGHTS / "sit_t_p4.mnist", weights / "sit_t_p4.mnist")
+    manifest = tmp_path / "shipped.json"
+    entry = json.loads(SHIPPED_MANIFEST.read_text())["sit_t_p4.mnist"]
+    manifest.write_text(json.dumps({"sit_t_p4.mnist": {k: v for k, v in entry.items() if k != "results"}}))
+    monkeypatch.setattr(leaderboard, "SHIPPED_MANIFEST", manifest)
+    monkeypatch.setattr(leaderboard, "PACKAGE_WEIGHTS", weights)
+    leaderboard.write_cards(board, ["sit_t_p4.mnist"], rebuild_index=False)
+    written = json.loads(manifest.read_text())["sit_t_p4.mnist"]
+    assert written["results"]["fid"] == round(row["fid_classifier"], 5)
+    assert written["results"]["fid_inception"] == round(row["fid_inception"], 5)
+    assert (
+        written["evaluation"] == row["protocol"]
+        and written["evaluation_inception"] == row["inception_protocol"]
+    )
+    card = (weights / "sit_t_p4.mnist" / "README.md").read_text()
+    assert f"value: {round(row['fid_classifier'], 5)}" in card and "sampler='euler'" in card
+    plain = {k: v for k, v in row.items() if not k.endswith("_inception") and k != "inception_protocol"}
+    leaderboard.write_cards({"results": [plain]}, rebuild_index=False)
+    written = json.loads(manifest.read_text())["sit_t_p4.mnist"]
+    assert "evaluation_inception" not in written and "fid_inception" not in written["results"]

@@ -54,6 +54,8 @@ import inspect
 import json
 import re
 import statistics
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -1053,9 +1055,10 @@ def merged_summary(report: dict[str, Any]) -> str:
     return text
 
 
-def write_cards(payload: dict[str, Any], names: list[str] | None = None) -> None:
+def write_cards(payload: dict[str, Any], names: list[str] | None = None, rebuild_index: bool = True) -> None:
     """Record each shipped model's measured results and protocol in the manifest and its card (the rows
-    of `names` only, e.g. those this run evaluated, when given).
+    of `names` only, e.g. those this run evaluated, when given); then rebuild the registry index, which
+    copies the manifest's facts (`python -m zoo.hub.index`).
 
     A maintainer's step (`--write-cards`, run by scripts/train_shipped.py): it writes into the package.
     """
@@ -1073,6 +1076,8 @@ def write_cards(payload: dict[str, Any], names: list[str] | None = None) -> None
             entry.pop("evaluation_inception", None)
     SHIPPED_MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
     write_shipped_cards([row["model"] for row in rows])
+    if rebuild_index:  # in a fresh interpreter: this one's registry holds the manifest as it was
+        subprocess.run([sys.executable, "-m", "zoo.hub.index"], check=True)
 
 
 def write_shipped_cards(names: list[str] | None = None) -> list[Path]:
