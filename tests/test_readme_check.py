@@ -88,3 +88,16 @@ def test_the_committed_readme_record_is_of_this_readme_and_has_no_failure():
     for item in record["items"]:
         assert item["status"] in ("passed", "skipped"), item["text"]
         assert item["status"] == "passed" or item["reason"], item["text"]
+
+
+def test_every_full_training_run_of_the_readme_is_long_whatever_its_budget():
+    # a training command with a budget of thousands of steps is never run as a short item
+    for steps in (1000, 2000, 8000, 16000, 400000):
+        cls, reason = check_readme.classify(
+            f"zoo train sit_t_p4_dtr --data mnist --steps {steps} --out runs/x"
+        )
+        assert cls == check_readme.LONG and "training run" in reason, steps
+    assert check_readme.classify("zoo train dit_t --data digits --steps 20 --out runs/x")[0] == "short"
+    items = check_readme.parse_readme((ROOT / "README.md").read_text())
+    trains = [i for i in items if i.kind == "bash" and re.match(r"zoo train .*--steps \d{4,}", i.text)]
+    assert trains and all(i.cls in (check_readme.LONG, "skip") for i in trains)  # never run as short
