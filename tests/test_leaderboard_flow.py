@@ -418,3 +418,29 @@ def test_curve_every_keeps_the_multiples_and_each_runs_last_checkpoint(tmp_path)
         board(0, "zero")
     with pytest.raises(ValueError, match="no --runs was given"):
         leaderboard.run_leaderboard(settings, out=tmp_path / "x", entries=[], curve_every=2)
+
+
+def test_runs_only_evaluates_the_checkpoints_and_no_shipped_model(tmp_path, monkeypatch, capsys):
+    from zoo.cli import main
+
+    runs, out = tmp_path / "runs", tmp_path / "board"
+    write_run(runs, "dit_t", 0, (1, 2))
+    assert leaderboard.shipped_names("digits", "dit_t")  # the pattern matches a shipped model too
+
+    def refuse(name):
+        raise RuntimeError(f"{name} was loaded")
+
+    monkeypatch.setattr(leaderboard, "shipped_entry", refuse)
+    argv = ["leaderboard", "--data", "digits", "--models", "dit_t", "--samples", "20", "--batch", "20"]
+    argv += ["--solver", "ddim:3", "--runs", str(runs), "--curve-samples", "20", "--out", str(out)]
+    assert main([*argv, "--runs-only"]) == 0
+    payload = json.loads((out / "leaderboard_digits.json").read_text())
+    assert payload["results"] == [] and [(r["seed"], r["step"]) for r in payload["curves"]] == [
+        (0, 1),
+        (0, 2),
+    ]
+    # without it the shipped model is evaluated (here: loaded, which the patch refuses)
+    assert main(argv) == 2 and "dit_t.digits was loaded" in capsys.readouterr().err
+    # and it needs runs: refused before anything is written
+    assert main(["leaderboard", "--runs-only", "--out", str(tmp_path / "none")]) == 2
+    assert "no --runs was given" in capsys.readouterr().err and not (tmp_path / "none").exists()

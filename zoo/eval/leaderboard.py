@@ -1151,6 +1151,12 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
         default=None,
         help="training runs (RUNS/<recipe>/seed<S>/checkpoints) for curves; the recipes --models matches",
     )
+    parser.add_argument(
+        "--runs-only",
+        action="store_true",
+        help="with --runs: evaluate the runs' checkpoints alone, not the shipped models --models also "
+        "matches (e.g. a ladder's guided board, whose rows are each run's last checkpoint)",
+    )
     parser.add_argument("--curve-samples", type=int, default=200, help="samples per checkpoint on the curves")
     parser.add_argument(
         "--curve-every",
@@ -1198,6 +1204,8 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
 
 def main_from_args(args: argparse.Namespace, page_writer: Callable[..., Any] | None = None) -> int:
     """`zoo leaderboard` (the CLI passes zoo.eval.html.write_page as `page_writer` for --html)."""
+    if args.runs_only and not args.runs:
+        raise ValueError("--runs-only evaluates the checkpoints of --runs; no --runs was given")
     ensure_writable(args.out, directory=True)  # refused before any model is sampled
     if args.npz:
         ensure_writable(args.npz, directory=True)
@@ -1218,6 +1226,7 @@ def main_from_args(args: argparse.Namespace, page_writer: Callable[..., Any] | N
         settings,
         out=Path(args.out),
         runs=Path(args.runs) if args.runs else None,
+        names=[] if args.runs_only else None,
         curve_samples=args.curve_samples,
         npz_dir=Path(args.npz) if args.npz else None,
         page_writer=page_writer,
