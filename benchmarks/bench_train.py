@@ -18,6 +18,9 @@ Sections (`--sections`, default all; a subset replaces only its own entries of t
 * `compile_gram` -- whether a compiled net keeps the Gram balancers exact: the Gram matrix and the
   update of a compiled dit_t against the eager one (fp32), and a held step of Nash-MTL (no capture:
   the compiled forward runs) against the eager net's.
+* `ladder` -- the MNIST ladder's training step (`sit_t_p4` and `sit_t_p4_nash_k5`, 28x28, batch 64, lr
+  2e-3, `Trainer.train_step`) in fp32 and under CPU bf16 autocast: whether bf16 would shorten the ladder
+  on this CPU (CPU time on one thread, interleaved, ratio per round).
 * `ddpm` -- what the zoo's slots (diffusion process, clusters, balancer, weighting) add to a plain
   DDPM training step: `model.loss` + `model.backward` + AdamW, and `Trainer.train_step`, against a
   hand-written epsilon-MSE step (q_sample from the same alpha-bar table, the net, MSE, backward,
@@ -60,7 +63,7 @@ from zoo.data import load_dataset
 from zoo.train import TrainConfig, Trainer
 
 NAME = "train"
-SECTIONS = ("trainer", "dit_s", "peak", "adamw", "compile_gram", "ddpm")
+SECTIONS = ("trainer", "dit_s", "peak", "adamw", "compile_gram", "ddpm", "ladder")
 
 
 def _trainer(model: str, batch: int, out: str, device: str, **changes: Any) -> Trainer:
@@ -122,6 +125,8 @@ def run(quick: bool = False, sections: list[str] | None = None) -> dict[str, Any
             extra["adamw"] = _adamw_kernels(quick)
         elif section == "compile_gram":
             extra["compile_gram_exactness"] = _compile_gram_check()
+        elif section == "ladder":
+            extra["ladder_step"] = _ladder_step(quick)
         else:
             extra["ddpm_overhead"] = _ddpm_overhead(quick)
         meta[section] = {
@@ -147,6 +152,8 @@ def run(quick: bool = False, sections: list[str] | None = None) -> dict[str, Any
         print(format_table(extra["adamw"]["rows"]))
     if "compile_gram" in sections and "compile_gram_exactness" in extra:
         print("compile + Gram hooks:", extra["compile_gram_exactness"])
+    if "ladder" in sections and "ladder_step" in extra:
+        print(format_table(extra["ladder_step"]))
     if "ddpm" in sections and "ddpm_overhead" in extra:
         print(format_table(extra["ddpm_overhead"]["rows"]))
         print("exactness:", extra["ddpm_overhead"]["exactness"])
@@ -250,6 +257,59 @@ def _dit_s_step(quick: bool) -> list[dict[str, Any]]:
         }
         for name, timing in timings.items()
     ]
+
+
+LADDER_RECIPES = ("sit_t_p4", "sit_t_p4_nash_k5")
+
+
+def _ladder_step(quick: bool) -> list[dict[str, Any]]:
+    """The MNIST ladder's Trainer step (its recipes, batch 64, lr 2e-3): fp32 vs bf16 autocast, one thread."""
+    steps, repeats = (2, 2) if quick else (5, 5)
+    data = load_dataset("mnist")
+    index = torch.randint(len(data), (64,), generator=torch.Generator().manual_seed(0))
+    x0, y = data.images[index], data.labels[index]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            trainers = {
+                f"{recipe} {precision}": Trainer(
+                    TrainConfig(
+                        model=recipe,
+                        batch=64,
+                        lr=2e-3,
+                        out=out,
+                        progress=False,
+                        device="cpu",
+                        precision=precision,
+                    ),
+                    dataset=data,
+                )
+                for recipe in LADDER_RECIPES
+                for precision in ("fp32", "bf16")
+            }
+            calls = {
+                name: (lambda t=trainer: [t.train_step(x0, y) for _ in range(steps)])
+                for name, trainer in trainers.items()
+            }
+            timings = interleaved_timings(calls, repeats=repeats, warmup=1, clock=time.process_time)
+    finally:
+        torch.set_num_threads(threads)
+    rows = []
+    for name, timing in timings.items():
+        base = timings[name.replace(" bf16", " fp32")]
+        rows.append(
+            {
+                "candidate": name,
+                "data": "mnist",
+                "batch": 64,
+                "threads": 1,
+                "s_per_step": timing["median"] / steps,
+                "time_x_fp32": timing["median"] / base["median"],
+                "time_x_fp32_per_round": round_ratios(timing["samples"], base["samples"]),
+            }
+        )
+    return rows
 
 
 #: the profiler's names of GEMM ops and of the CPU flash-attention kernels (forward, backward)
