@@ -229,3 +229,42 @@ def test_every_recipe_gets_its_own_colour_and_marker(monkeypatch):
     assert (
         len({line.get_color() for line in lines}) == 12 and len({line.get_marker() for line in lines}) == 12
     )
+
+
+def test_a_board_of_last_checkpoints_plots_fid_by_recipe_with_each_seed_and_the_spread(monkeypatch):
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection, PathCollection
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    fids = {"plain": [14.0, 15.0, 16.0], "dtr": [12.0, 13.0, 17.0], "uw_k5": [20.0]}
+    curves = [
+        {"recipe": r, "seed": s, "step": 16000, "fid_classifier": f}
+        for r, values in fids.items()
+        for s, f in enumerate(values)
+    ]
+    assert leaderboard.single_step(curves) == 16000
+    assert leaderboard.single_step([*curves, {**curves[0], "step": 8000}]) is None
+    leaderboard.plot_curves(curves, io.BytesIO(), "mnist")
+    axis = figures[0].axes[0]
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["dtr", "plain", "uw_k5"]  # best mean first
+    assert "16,000" in axis.get_xlabel() and axis.get_yscale() == "linear"
+    points = [c for c in axis.collections if isinstance(c, PathCollection)]
+    assert sorted(y for c in points for _, y in c.get_offsets()) == sorted(
+        f for v in fids.values() for f in v
+    )
+    means = {
+        line.get_xdata()[0]: line.get_ydata()[0] for line in axis.get_lines() if line.get_marker() != "_"
+    }
+    assert means == {0: 14.0, 1: 15.0, 2: 20.0}
+    bars = [
+        sorted(seg[:, 1])
+        for c in axis.collections
+        if isinstance(c, LineCollection)
+        for seg in c.get_segments()
+    ]
+    assert bars == [pytest.approx([14 - 7**0.5, 14 + 7**0.5]), pytest.approx([14, 16])]  # no bar for one seed
+    page = html.render_page(
+        {"settings": {"data": "mnist"}, "results": [], "curves": curves, "summary": []}, assets=None
+    )
+    assert "FID by recipe at training step 16,000" in page and "FID against training step" not in page

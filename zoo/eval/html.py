@@ -36,6 +36,7 @@ from zoo.eval.leaderboard import (
     read_leaderboard_json,
     render_markdown,
     rows_by_process,
+    single_step,
     summarize_seeds,
 )
 from zoo.eval.metrics import KID_SUBSET_SIZE
@@ -478,9 +479,11 @@ def render_page(
     settings_text = ", ".join(f"{k}={v}" for k, v in payload["settings"].items())
     parts.append(f'<p class="muted">Leaderboard settings: <code>{_e(settings_text)}</code></p>')
     plot = _curve_plot(payload, assets)
-    parts.append("<h2>FID against training step</h2>")
+    step = single_step(curves) if curves else None
+    title = "FID against training step" if step is None else f"FID by recipe at training step {step:,}"
+    parts.append(f"<h2>{title}</h2>")
     if plot:
-        parts.append(f'<img class="plot" alt="FID against training step" src="{_data_uri(plot)}">')
+        parts.append(f'<img class="plot" alt="{title}" src="{_data_uri(plot)}">')
     else:
         parts.append('<p class="muted">No training-run curves in this leaderboard (run with --runs).</p>')
     parts.append("<h2>FID against NFE</h2>")

@@ -756,11 +756,19 @@ def recipe_styles(recipes: list[str]) -> dict[str, tuple[str, str]]:
     }
 
 
+def single_step(curves: list[dict[str, Any]]) -> int | None:
+    """The one training step every curve row is at (a board of last checkpoints only), else None."""
+    steps = {row["step"] for row in curves}
+    return steps.pop() if len(steps) == 1 else None
+
+
 def plot_curves(curves: list[dict[str, Any]], path: Path | Any, data: str = "digits") -> Path | Any:
     """FID against training step, one line per recipe (mean over seeds, band = min..max).
 
     Each recipe has its own colour and marker (recipe_styles) and its process's line style (PROCESS_LINES:
-    ddpm solid, flow dashed; the legend names the process); `path` may also be a binary file object."""
+    ddpm solid, flow dashed; the legend names the process); `path` may also be a binary file object.
+    When every row is at one step (a board of last checkpoints), a line has nothing to join: the figure
+    is then FID by recipe instead, each seed a small point and the mean ± std (over seeds) a large one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -774,6 +782,13 @@ def plot_curves(curves: list[dict[str, Any]], path: Path | Any, data: str = "dig
     several = len(set(processes.values())) > 1
     styles = recipe_styles(list(by_recipe))
     figure, axis = plt.subplots(figsize=(7, 4.5))
+    step = single_step(curves)
+    if step is not None:
+        _plot_by_recipe(axis, {r: v[step] for r, v in by_recipe.items()}, styles, processes, several)
+        axis.set_xlabel(f"recipe (each run's checkpoint at step {step:,})")
+        axis.set_ylabel(f"FID ({data} classifier features)")
+        axis.grid(alpha=0.3, axis="y")
+        return _save_figure(figure, path)
     for recipe, per_step in sorted(by_recipe.items()):
         steps = sorted(per_step)
         means = [statistics.fmean(per_step[s]) for s in steps]
@@ -800,6 +815,37 @@ def plot_curves(curves: list[dict[str, Any]], path: Path | Any, data: str = "dig
     axis.set_yscale("log")
     axis.legend(fontsize=7, ncol=2)
     axis.grid(alpha=0.3)
+    return _save_figure(figure, path)
+
+
+def _plot_by_recipe(axis, values: dict[str, list[float]], styles, processes, several: bool) -> None:
+    """One column per recipe, best mean first: every seed's FID (small, spread sideways so equal values
+    stay visible) and the mean with its std over seeds (large, error bar only from two seeds on)."""
+    order = sorted(values, key=lambda r: (statistics.fmean(values[r]), r))
+    for x, recipe in enumerate(order):
+        colour, marker = styles[recipe]
+        fids = values[recipe]
+        offsets = [0.0] if len(fids) == 1 else [-0.15 + 0.3 * i / (len(fids) - 1) for i in range(len(fids))]
+        axis.scatter([x + o for o in offsets], fids, color=colour, marker=marker, s=14, alpha=0.5)
+        spread = statistics.stdev(fids) if len(fids) > 1 else None
+        axis.errorbar(
+            [x],
+            [statistics.fmean(fids)],
+            yerr=None if spread is None else [[spread], [spread]],
+            color=colour,
+            marker=marker,
+            markersize=9,
+            capsize=4,
+            linestyle="none",
+        )
+    labels = [f"{r}\n({processes[r]})" if several else r for r in order]
+    axis.set_xticks(range(len(order)), labels, rotation=30, ha="right", fontsize=7)
+    axis.set_xlim(-0.6, len(order) - 0.4)
+
+
+def _save_figure(figure, path: Path | Any) -> Path | Any:
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     if isinstance(path, (str, Path)):
         path = Path(path)
