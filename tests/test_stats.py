@@ -2,6 +2,7 @@
 
 import math
 import statistics
+import warnings
 
 import pytest
 
@@ -51,6 +52,17 @@ def test_welch_p_matches_the_closed_form_t_distribution():
     assert expected == pytest.approx(0.0213116, abs=1e-6)
     assert stats.welch_p([1.0], [4.0, 5.0]) is None  # one value: no test
     assert stats.welch_p([1.0, 1.0], [2.0, 2.0]) is None  # no variance at all
+
+
+def test_welch_p_with_one_constant_group_is_exact_and_quiet():
+    # group a constant (0.95 at every seed): Welch's df is then n_b - 1 = 2, whose t CDF is closed form:
+    # two-sided p = 1 - |t| / sqrt(2 + t^2)
+    b = [0.81, 0.805, 0.79]
+    t = (0.95 - statistics.fmean(b)) / math.sqrt(statistics.variance(b) / 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's precision-loss warning would fail here
+        p = stats.welch_p([0.95, 0.95, 0.95], b)
+    assert p == pytest.approx(1.0 - abs(t) / math.sqrt(2.0 + t * t), rel=1e-6)
 
 
 def test_paired_p_pairs_by_seed_not_by_position():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -113,9 +114,13 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     a, b = _clean(a), _clean(b)
     if len(a) < 2 or len(b) < 2:
         return None
-    if statistics.pvariance(a) == 0.0 and statistics.pvariance(b) == 0.0:
+    constant = [statistics.pvariance(group) == 0.0 for group in (a, b)]
+    if all(constant):
         return None
-    return _p(_scipy.ttest_ind(a, b, equal_var=False))
+    with warnings.catch_warnings():
+        if any(constant):  # e.g. class accuracy 0.95 at every seed: exact here, scipy's moment check warns
+            warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        return _p(_scipy.ttest_ind(a, b, equal_var=False))
 
 
 def paired_p(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[float | None, int]:
