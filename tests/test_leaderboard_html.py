@@ -268,3 +268,9 @@ def test_a_board_of_last_checkpoints_plots_fid_by_recipe_with_each_seed_and_the_
         {"settings": {"data": "mnist"}, "results": [], "curves": curves, "summary": []}, assets=None
     )
     assert "FID by recipe at training step 16,000" in page and "FID against training step" not in page
+    assert "Leaderboard settings:" in page and "Settings of the last run" not in page
+    merged = {"from": "out/leaderboard_mnist.json", "kept": {}, "replaced": {}, "dropped": []}
+    page = html.render_page(
+        {"settings": {"data": "mnist", "models": "one"}, "results": [], "curves": curves, "merged": merged}
+    )
+    assert "Settings of the last run, merged into <code>leaderboard_mnist.json</code>" in page

@@ -477,7 +477,14 @@ def render_page(
             *_inception_section(checked, table_id="inception-protocol-checkpoints"),
         ]
     settings_text = ", ".join(f"{k}={v}" for k, v in payload["settings"].items())
-    parts.append(f'<p class="muted">Leaderboard settings: <code>{_e(settings_text)}</code></p>')
+    merged = payload.get("merged")
+    label = (  # a merged board's settings are its last command's: --models names what that run evaluated
+        f"Settings of the last run, merged into <code>{_e(Path(merged['from']).name)}</code> "
+        "(its rows from earlier runs keep their own protocol, above)"
+        if merged
+        else "Leaderboard settings"
+    )
+    parts.append(f'<p class="muted">{label}: <code>{_e(settings_text)}</code></p>')
     plot = _curve_plot(payload, assets)
     step = single_step(curves) if curves else None
     title = "FID against training step" if step is None else f"FID by recipe at training step {step:,}"
