@@ -486,7 +486,7 @@ def render_page(
     )
     parts.append(f'<p class="muted">{label}: <code>{_e(settings_text)}</code></p>')
     plot = _curve_plot(payload, assets)
-    step = single_step(curves) if curves else None
+    step = single_step(curves)  # None for no curves too
     title = "FID against training step" if step is None else f"FID by recipe at training step {step:,}"
     parts.append(f"<h2>{title}</h2>")
     if plot:
