@@ -68,7 +68,9 @@ EMA = 0.995
 #: per data set: the backbone that replaces `dit_t` in RECIPES, the recipes trained by default, the
 #: steps (the same for every recipe: the compute budget of the comparison), the run folder and the tag.
 #: MNIST: 2,000 steps of dit_t_p4 gave no recognisable digit (FID 403 on MNIST-classifier features,
-#: class accuracy 0.15); 8,000 steps take ~35 CPU-minutes per run here, so only plain vs DTR fit.
+#: class accuracy 0.15); the default is the earlier DDPM pair (8,000 steps, ~35 CPU-minutes per run here).
+#: The MNIST ladder (6 flow recipes x 3 seeds, 16,000 steps, ~1.5-1.9 h per run two at a time on 2 cores)
+#: names its recipes and steps: `--recipes sit_t_p4 sit_t_p4_dtr ... --steps 16000 --out runs/ladder`.
 DATA = {
     "digits": {
         "backbone": "dit_t",
